@@ -1,0 +1,154 @@
+"""The SageMaker training contract: /opt/ml paths, SM_* variables, hyperparameters, failure file.
+
+Everything is read once into a `TrainingEnvironment` (built in `main`, injectable in tests).
+Every path can be overridden by the SM_* variable that sagemaker-training defines, so the same
+code runs on a laptop: `SM_CHANNEL_TRAINING=./images SM_MODEL_DIR=./model imgclf-train`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
+DEFAULT_BASE_DIR = "/opt/ml"
+CHANNELS = ("training", "validation", "test", "pretrained")
+# Hyperparameters SageMaker itself adds (SDK script mode, tuning jobs); not ours to parse.
+RESERVED_PREFIXES = ("sagemaker_", "_")
+
+
+class UserError(Exception):
+    """A fault in what the user supplied (data, hyperparameters): reported as such, exit code 2."""
+
+
+@dataclass
+class TrainingEnvironment:
+    model_dir: Path
+    output_data_dir: Path
+    output_dir: Path
+    checkpoint_dir: Path
+    channels: dict[str, Path]
+    hyperparameters: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=lambda: ["localhost"])
+    current_host: str = "localhost"
+    network_interface: str | None = None
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "TrainingEnvironment":
+        base = Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
+
+        def path(var: str, default: Path) -> Path:
+            return Path(environ[var]) if environ.get(var) else default
+
+        config_dir = path("SM_INPUT_CONFIG_DIR", base / "input" / "config")
+        data_dir = path("SM_INPUT_DATA_DIR", base / "input" / "data")
+        channels = {}
+        for name in CHANNELS:
+            p = path(f"SM_CHANNEL_{name.upper()}", data_dir / name)
+            if p.exists():
+                channels[name] = p
+        resources = _read_json(config_dir / "resourceconfig.json") or {}
+        hosts = json.loads(environ["SM_HOSTS"]) if environ.get("SM_HOSTS") else resources.get("hosts", ["localhost"])
+        current = environ.get("SM_CURRENT_HOST") or resources.get("current_host", hosts[0])
+        return cls(
+            model_dir=path("SM_MODEL_DIR", base / "model"),
+            output_data_dir=path("SM_OUTPUT_DATA_DIR", base / "output" / "data"),
+            output_dir=path("SM_OUTPUT_DIR", base / "output"),
+            checkpoint_dir=path("SM_CHECKPOINT_DIR", base / "checkpoints"),
+            channels=channels,
+            hyperparameters=read_hyperparameters(config_dir, environ),
+            hosts=sorted(hosts),
+            current_host=current,
+            network_interface=resources.get("network_interface_name"),
+        )
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def decode_value(value) -> str:
+    """One hyperparameter value as the string argparse will type.
+
+    SageMaker passes every value as a string, and tuning jobs JSON-quote categorical ones:
+    `"\\"64\\""` and `"64"` must both become `64`, as in sagemaker-training.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value  # a plain string such as resnet50
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def read_hyperparameters(config_dir: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """hyperparameters.json (as SageMaker writes it), else SM_HPS; reserved SageMaker keys dropped."""
+    raw = _read_json(config_dir / "hyperparameters.json")
+    if raw is None:
+        raw = json.loads(environ.get("SM_HPS") or "{}")
+    return {k: decode_value(v) for k, v in raw.items() if not k.startswith(RESERVED_PREFIXES)}
+
+
+def hyperparameters_to_argv(hyperparameters: Mapping[str, str], known: set[str]) -> list[str]:
+    """`--name value` arguments; unknown names are one error that lists them all."""
+    unknown = sorted(set(hyperparameters) - known)
+    if unknown:
+        raise UserError(f"unknown hyperparameters: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return [a for k, v in sorted(hyperparameters.items()) for a in (f"--{k}", v)]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for the failure file and DescribeTrainingJob's FailureReason."""
+    if isinstance(exc, UserError):
+        return f"ClientError: {exc}"
+    if _is_out_of_memory(exc):
+        return f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}; lower batch-size"
+    return f"AlgorithmError: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        return isinstance(exc, torch.OutOfMemoryError)
+    except (ImportError, AttributeError):
+        return False
+
+
+def run_job(job: Callable[[], int | None], failure_file: Path) -> int:
+    """The one boundary of a training job: an exception becomes a failure file and a non-zero exit."""
+    try:
+        return job() or 0
+    except SystemExit:  # --help
+        raise
+    except BaseException as e:
+        reason = failure_reason(e)
+        log.exception("training failed: %s", reason)
+        _write_failure(failure_file, reason)
+        return 2 if isinstance(e, UserError) else 1
+
+
+def _write_failure(failure_file: Path, reason: str) -> None:
+    """The first reason wins: a per-GPU process writes its own before the parent sees it exit."""
+    if failure_file.exists():
+        return
+    try:
+        failure_file.parent.mkdir(parents=True, exist_ok=True)
+        failure_file.write_text(reason[:1024] + "\n")
+    except OSError as e:  # never hide the original failure behind this one
+        print(f"could not write {failure_file}: {e}", file=sys.stderr)

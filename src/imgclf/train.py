@@ -1,0 +1,417 @@
+"""Transfer-learning training job: what `docker run IMAGE train` runs.
+
+Reads the SageMaker contract (contract.py), trains with SGD, validates each epoch, tests at the
+end, writes the model artifact (model.py), checkpoints every epoch and on SIGTERM, and resumes
+from the last checkpoint when restarted. Outside a container:
+
+    SM_CHANNEL_TRAINING=images/train SM_MODEL_DIR=model imgclf-train --epochs 3 --arch resnet18
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed, model as models
+from .contract import TrainingEnvironment, UserError, hyperparameters_to_argv, run_job
+from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
+from .hpo import BEST_KNOWN
+from .metrics import format_metrics
+from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
+
+log = logging.getLogger("imgclf.train")
+
+CHECKPOINT_FILE = "checkpoint.pt"
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+def str2bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "y", "on"):
+        return True
+    if v in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # report through the failure file instead of usage + exit(2)
+        raise UserError(f"bad hyperparameter: {message}")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = _ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--arch", default="resnet50", choices=models.ARCHS, help="network")
+    p.add_argument("--pretrained", type=str2bool, default=True,
+                   help="start from ImageNet weights (pretrained channel, baked-in file, or package); "
+                        "false trains from random initialisation")
+    p.add_argument("--freeze", type=str2bool, default=True, help="train the new head only; false fine-tunes all")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=BEST_KNOWN["batch-size"], help="per process")
+    p.add_argument("--lr", type=float, default=BEST_KNOWN["lr"])
+    p.add_argument("--momentum", type=float, default=BEST_KNOWN["momentum"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--image-size", type=int, default=224, help="crop size fed to the network")
+    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: CPUs per process)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--valid-split", type=float, default=0.1,
+                   help="fraction of training held out when there is no validation channel")
+    p.add_argument("--early-stopping-patience", type=int, default=0,
+                   help="stop after this many epochs without a lower valid_loss (0: off)")
+    p.add_argument("--log-interval", type=int, default=50, help="steps between progress lines (0: off)")
+    p.add_argument("--amp", type=str2bool, default=True, help="mixed precision and channels_last on CUDA")
+    return p
+
+
+def parse_hyperparameters(hyperparameters: dict[str, str], argv: list[str] | None = None) -> argparse.Namespace:
+    """Typed arguments from SageMaker's string hyperparameters, then command-line overrides."""
+    parser = get_args_parser()
+    known = {a.option_strings[0][2:] for a in parser._actions if a.option_strings and a.dest != "help"}
+    args = parser.parse_args(hyperparameters_to_argv(hyperparameters, known) + list(argv or []))
+    checks = {
+        "epochs": args.epochs >= 1, "batch-size": args.batch_size >= 1, "lr": args.lr > 0,
+        "momentum": 0 <= args.momentum <= 1, "image-size": args.image_size >= 16,
+        "valid-split": 0 < args.valid_split < 1, "early-stopping-patience": args.early_stopping_patience >= 0,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad or (args.num_workers is not None and args.num_workers < 0):
+        name = (bad or ["num-workers"])[0]
+        raise UserError(f"bad hyperparameter: {name}={getattr(args, name.replace('-', '_'))} is out of range")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides weights and optimizer."""
+
+    epoch: int = 0  # completed epochs
+    best_valid_loss: float = float("inf")
+    epochs_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class StopRequest:
+    """Set by SIGTERM (a spot interruption or `docker stop`); the loop checks it between steps."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: checkpointing and stopping after this step")
+        self.requested = True
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop):
+    """One pass over the training data. Returns (loss, acc, images, skipped, interrupted)."""
+    models.train_mode(model)
+    loss_sum = correct = seen = skipped = 0.0
+    start = time.perf_counter()
+    for step, (images, targets, n_skipped) in enumerate(loader, 1):
+        if distributed.any_rank(stop.requested, topology, device):
+            return loss_sum, correct, seen, skipped, True
+        skipped += n_skipped
+        if len(targets) == 0:
+            continue
+        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, args))
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, args.amp):
+            output = model(images)
+            loss = criterion(output, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.item() * len(targets)
+        correct += (output.argmax(1) == targets).sum().item()
+        seen += len(targets)
+        if args.log_interval and step % args.log_interval == 0 and topology.is_main:
+            rate = seen / (time.perf_counter() - start)
+            log.info("epoch=%d step=%d/%d loss=%.4f images_per_sec=%.1f", epoch, step, len(loader), loss.item(), rate)
+    return loss_sum, correct, seen, skipped, False
+
+
+@torch.inference_mode()
+def evaluate(model, criterion, loader, device, args, topology) -> tuple[float, float, int]:
+    """(mean loss, accuracy, skipped images) over the loader, summed over all ranks."""
+    model.eval()
+    loss_sum = correct = seen = skipped = 0.0
+    for images, targets, n_skipped in loader:
+        skipped += n_skipped
+        if len(targets) == 0:
+            continue
+        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, args))
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, args.amp):
+            output = model(images)
+        loss_sum += criterion(output.float(), targets).item() * len(targets)
+        correct += (output.argmax(1) == targets).sum().item()
+        seen += len(targets)
+    loss_sum, correct, seen, skipped = distributed.all_sum([loss_sum, correct, seen, skipped], topology, device)
+    if seen == 0:
+        raise UserError("no readable images to evaluate on")
+    return loss_sum / seen, correct / seen, int(skipped)
+
+
+def _memory_format(device, args):
+    return torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def save_checkpoint(path: Path, model, optimizer, scaler, state: TrainState, card: models.ModelCard) -> None:
+    """Written to a temporary file and renamed, so a kill mid-write never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": _unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": {**state.__dict__},
+            "card": card.to_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scaler, card: models.ModelCard) -> TrainState | None:
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    saved = models.ModelCard.from_dict(ckpt["card"])
+    if (saved.arch, saved.classes) != (card.arch, card.classes):
+        raise UserError(
+            f"checkpoint {path} is for {saved.arch} with {len(saved.classes)} classes, this job trains "
+            f"{card.arch} with {len(card.classes)}: clear the checkpoint location or match the job"
+        )
+    _unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    return TrainState(**ckpt["state"])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------------------------------------
+# the job
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_datasets(env: TrainingEnvironment, args, train_tf, eval_tf):
+    """(classes, train, valid, test-or-None) datasets from the channels."""
+    if "training" not in env.channels:
+        raise UserError("no training channel: give images in class folders as the 'training' channel")
+    root = env.channels["training"]
+    classes = find_classes(root)
+    train_ds = ImageFolderDataset(root, classes, train_tf)
+    if "validation" in env.channels:
+        valid_ds = ImageFolderDataset(env.channels["validation"], classes, eval_tf)
+    else:
+        train_idx, valid_idx = split_indices(len(train_ds), args.valid_split, args.seed)
+        log.info("no validation channel: holding out %d of %d training images", len(valid_idx), len(train_ds))
+        valid_ds = subset(ImageFolderDataset(root, classes, eval_tf), valid_idx)
+        train_ds = subset(train_ds, train_idx)
+    test_ds = ImageFolderDataset(env.channels["test"], classes, eval_tf) if "test" in env.channels else None
+    return classes, train_ds, valid_ds, test_ds
+
+
+def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
+    model = models.create_model(args.arch, len(classes))
+    if args.pretrained:
+        weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+        if weights is None:
+            raise UserError(
+                f"no ImageNet weights for {args.arch}: add a 'pretrained' channel with {args.arch}.pth "
+                f"(a torchvision state_dict), build the image with --build-arg PRETRAINED_ARCHS={args.arch}, "
+                "or set pretrained=false to train from scratch"
+            )
+        models.load_backbone(model, weights)
+    if args.freeze:
+        models.freeze_backbone(model)
+    return model.to(device, memory_format=_memory_format(device, args))
+
+
+def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0) -> int:
+    topology = distributed.init(local_rank)
+    try:
+        return _train(args, env, topology)
+    finally:
+        distributed.cleanup(topology)
+
+
+def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> int:
+    stop = StopRequest()
+    stop.install()
+    device = torch.device(f"cuda:{topology.local_rank}" if torch.cuda.is_available() else "cpu")
+    seed_everything(args.seed + topology.rank)
+    num_workers = args.num_workers if args.num_workers is not None else default_workers(topology)
+
+    mean, std = models.normalisation(args.arch)
+    eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std)
+    train_tf = ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std)
+    eval_tf = ClassificationPresetEval.from_settings(eval_settings)
+    classes, train_ds, valid_ds, test_ds = build_datasets(env, args, train_tf, eval_tf)
+    card = models.ModelCard(arch=args.arch, classes=tuple(classes), eval=eval_settings)
+    if topology.is_main:
+        log.info("%d classes, %d training and %d validation images%s", len(classes), len(train_ds), len(valid_ds),
+                 f", {len(test_ds)} test images" if test_ds else "")
+
+    model = build_model(args, classes, env, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
+    criterion = nn.CrossEntropyLoss()
+
+    checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
+    state = load_checkpoint(checkpoint, model, optimizer, scaler, card) or TrainState()
+    if state.epoch and topology.is_main:
+        log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
+    if topology.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    pin = device.type == "cuda"
+    train_sampler = (torch.utils.data.DistributedSampler(train_ds, topology.world_size, topology.rank, seed=args.seed)
+                     if topology.distributed else None)
+    train_loader = make_loader(train_ds, batch_size=args.batch_size, num_workers=num_workers, sampler=train_sampler,
+                               shuffle=True, drop_last=len(train_ds) > args.batch_size * topology.world_size,
+                               pin_memory=pin, seed=args.seed)
+
+    def eval_loader(ds):
+        sampler = ShardSampler(len(ds), topology.rank, topology.world_size) if topology.distributed else None
+        return make_loader(ds, batch_size=args.batch_size, num_workers=num_workers, sampler=sampler, pin_memory=pin)
+
+    valid_loader = eval_loader(valid_ds)
+    if topology.is_main:
+        (env.output_data_dir).mkdir(parents=True, exist_ok=True)
+        (env.output_data_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+
+    while state.epoch < args.epochs:
+        epoch = state.epoch + 1
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        loss_sum, correct, seen, skipped, interrupted = train_one_epoch(
+            model, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop)
+        if interrupted:
+            if topology.is_main:
+                save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
+                log.warning("stopped by SIGTERM in epoch %d; checkpoint %s resumes it", epoch, checkpoint)
+            return SIGTERM_EXIT
+        loss_sum, correct, seen, skipped = distributed.all_sum([loss_sum, correct, seen, skipped], topology, device)
+        if seen == 0:
+            raise UserError("no readable training images")
+        elapsed = time.perf_counter() - start
+        valid_loss, valid_acc, valid_skipped = evaluate(_unwrap(model), criterion, valid_loader, device, args, topology)
+
+        improved = valid_loss < state.best_valid_loss
+        state.best_valid_loss = min(valid_loss, state.best_valid_loss)
+        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
+        state.epoch = epoch
+        metrics = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, valid_loss=valid_loss,
+                       valid_acc=valid_acc, lr=optimizer.param_groups[0]["lr"], images_per_sec=seen / elapsed)
+        state.history.append(metrics)
+        if topology.is_main:
+            log.info(format_metrics(**metrics))
+            if skipped or valid_skipped:
+                log.warning("epoch=%d skipped unreadable images: %d training, %d validation",
+                            epoch, int(skipped), valid_skipped)
+            save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
+        if args.early_stopping_patience and state.epochs_without_improvement >= args.early_stopping_patience:
+            if topology.is_main:
+                log.info("early stopping: valid_loss has not improved for %d epochs", args.early_stopping_patience)
+            break
+
+    if test_ds is not None:
+        test_loss, test_acc, test_skipped = evaluate(
+            _unwrap(model), criterion, eval_loader(test_ds), device, args, topology)
+        if topology.is_main:
+            log.info(format_metrics(test_loss=test_loss, test_acc=test_acc))
+            state.history.append(dict(test_loss=test_loss, test_acc=test_acc, test_skipped=test_skipped))
+    if topology.is_main:
+        models.save_artifact(env.model_dir, _unwrap(model), card)
+        (env.output_data_dir / "metrics.json").write_text(json.dumps(state.history, indent=2) + "\n")
+        log.info("model artifact written to %s", env.model_dir)
+    return 0
+
+
+def default_workers(topology: distributed.Topology) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, distributed.processes_per_host()))
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+
+def _worker(local_rank: int, args, env, failure_file: Path) -> None:
+    """A spawned per-GPU process: its own failure boundary, then its exit code."""
+    code = run_job(lambda: main(args, env, local_rank), failure_file)
+    if code:
+        sys.exit(code)
+
+
+def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
+    args = parse_hyperparameters(env.hyperparameters, argv)
+    nproc, dist_env = distributed.plan(env.hosts, env.current_host, env.network_interface)
+    os.environ.update(dist_env)
+    if nproc == 1:
+        return main(args, env)
+    # one process per GPU; docker stop signals only us, so pass SIGTERM on for them to checkpoint
+    ctx = torch.multiprocessing.start_processes(
+        _worker, args=(args, env, env.failure_file), nprocs=nproc, join=False, start_method="spawn")
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in ctx.processes if p.is_alive()])
+    try:
+        while not ctx.join():
+            pass
+    except torch.multiprocessing.ProcessExitedException as e:
+        return e.exit_code or 1
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    env = TrainingEnvironment.from_env()
+    env.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run on this machine
+    sys.exit(run_job(lambda: run(env, sys.argv[1:] if argv is None else argv), env.failure_file))
+
+
+if __name__ == "__main__":
+    cli()
