@@ -143,7 +143,7 @@ class ModelCard:
             "arch": self.arch,
             "classes": list(self.classes),
             "eval": self.eval.to_dict(),
-            "versions": {"imgclf": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
+            "versions": {"imgclf": __version__, "torch": str(torch.__version__), "torchvision": torchvision.__version__},
         }
 
     @classmethod

@@ -105,6 +105,17 @@ class TrainState:
     epochs_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)
 
+    def end_epoch(self, valid_loss: float) -> None:
+        """Count the epoch and track the best validation loss for early stopping."""
+        self.epoch += 1
+        if valid_loss < self.best_valid_loss:
+            self.best_valid_loss, self.epochs_without_improvement = valid_loss, 0
+        else:
+            self.epochs_without_improvement += 1
+
+    def should_stop_early(self, patience: int) -> bool:
+        return patience > 0 and self.epochs_without_improvement >= patience
+
 
 class StopRequest:
     """Set by SIGTERM (a spot interruption or `docker stop`); the loop checks it between steps."""
@@ -339,10 +350,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         elapsed = time.perf_counter() - start
         valid_loss, valid_acc, valid_skipped = evaluate(_unwrap(model), criterion, valid_loader, device, args, topology)
 
-        improved = valid_loss < state.best_valid_loss
-        state.best_valid_loss = min(valid_loss, state.best_valid_loss)
-        state.epochs_without_improvement = 0 if improved else state.epochs_without_improvement + 1
-        state.epoch = epoch
+        state.end_epoch(valid_loss)
         metrics = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, valid_loss=valid_loss,
                        valid_acc=valid_acc, lr=optimizer.param_groups[0]["lr"], images_per_sec=seen / elapsed)
         state.history.append(metrics)
@@ -352,7 +360,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
                 log.warning("epoch=%d skipped unreadable images: %d training, %d validation",
                             epoch, int(skipped), valid_skipped)
             save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
-        if args.early_stopping_patience and state.epochs_without_improvement >= args.early_stopping_patience:
+        if state.should_stop_early(args.early_stopping_patience):
             if topology.is_main:
                 log.info("early stopping: valid_loss has not improved for %d epochs", args.early_stopping_patience)
             break

@@ -1,0 +1,119 @@
+"""Hosting: deploy a trained model on the image, invoke it with image files, delete it, batch transform.
+
+One artifact can be served three ways: a real-time endpoint (instance type and count), a
+serverless endpoint (memory and concurrency, no instance to manage), or a multi-model endpoint
+that loads any model.tar.gz under an S3 prefix on first use (`X-Amzn-SageMaker-Target-Model`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sagemaker.deserializers import JSONDeserializer
+from sagemaker.model import Model
+from sagemaker.multidatamodel import MultiDataModel
+from sagemaker.predictor import Predictor
+from sagemaker.serializers import IdentitySerializer
+from sagemaker.serverless import ServerlessInferenceConfig
+from sagemaker.utils import name_from_base
+
+from ..contract import UserError
+from .session import Target
+
+BASE_NAME = "imgclf"
+CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+ANY_IMAGE = "application/x-image"  # the server sniffs the format
+
+
+def content_type(path: Path) -> str:
+    return CONTENT_TYPES.get(Path(path).suffix.lower(), ANY_IMAGE)
+
+
+def model(target: Target, image_uri: str, model_data: str, name: str | None = None,
+          env: dict[str, str] | None = None) -> Model:
+    return Model(image_uri=image_uri, model_data=model_data, role=target.role, name=name, env=env,
+                 sagemaker_session=target.session)
+
+
+def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferenceConfig:
+    """Serverless memory comes in 1 GB steps from 1024 to 6144 MB."""
+    if memory_mb not in range(1024, 6145, 1024):
+        raise UserError(f"serverless memory {memory_mb} MB: choose 1024, 2048, 3072, 4096, 5120 or 6144")
+    return ServerlessInferenceConfig(memory_size_in_mb=memory_mb, max_concurrency=max_concurrency)
+
+
+def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: str = "ml.m5.large",
+           instance_count: int = 1, endpoint_name: str | None = None,
+           serverless: ServerlessInferenceConfig | None = None, env: dict[str, str] | None = None) -> Predictor:
+    """A real-time endpoint (or a serverless one with `serverless`) for one model artifact."""
+    if serverless is not None and target.local:
+        raise UserError("serverless endpoints need SageMaker: leave the serverless option out in local mode")
+    endpoint_name = endpoint_name or name_from_base(BASE_NAME)
+    m = model(target, image_uri, model_data, name=endpoint_name, env=env)
+    if serverless is not None:
+        m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless)
+    else:
+        m.deploy(initial_instance_count=instance_count, instance_type=target.instance_type(instance_type),
+                 endpoint_name=endpoint_name)
+    return predictor(target, endpoint_name)
+
+
+def deploy_multi_model(target: Target, image_uri: str, model_data_prefix: str, *, instance_type: str = "ml.m5.large",
+                       instance_count: int = 1, endpoint_name: str | None = None,
+                       env: dict[str, str] | None = None) -> Predictor:
+    """A multi-model endpoint over every model.tar.gz under `model_data_prefix` (an S3 prefix)."""
+    if target.local:
+        raise UserError("multi-model endpoints load models from S3: they need SageMaker, not local mode")
+    endpoint_name = endpoint_name or name_from_base(BASE_NAME + "-mme")
+    mdm = MultiDataModel(name=endpoint_name, model_data_prefix=model_data_prefix, image_uri=image_uri,
+                         role=target.role, env=env, sagemaker_session=target.session)
+    mdm.deploy(initial_instance_count=instance_count, instance_type=instance_type, endpoint_name=endpoint_name)
+    return predictor(target, endpoint_name)
+
+
+def predictor(target: Target, endpoint_name: str) -> Predictor:
+    """A client of an existing endpoint that sends image bytes and reads JSON back."""
+    return Predictor(endpoint_name, sagemaker_session=target.session,
+                     serializer=IdentitySerializer(ANY_IMAGE), deserializer=JSONDeserializer())
+
+
+def invoke(pred: Predictor, image: Path, *, top_k: int = 3, target_model: str | None = None):
+    """The endpoint's JSON answer for one image file: its top-k classes and probabilities."""
+    data = Path(image).read_bytes()
+    pred.serializer = IdentitySerializer(content_type(image))
+    return pred.predict(data, custom_attributes=f"top_k={top_k}", target_model=target_model)
+
+
+def delete(target: Target, endpoint_name: str) -> dict[str, list[str]]:
+    """Delete the endpoint, its endpoint config and its models; returns what was deleted."""
+    client = target.session.sagemaker_client
+    config_name = client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    models = sorted({v["ModelName"] for v in variants})
+    client.delete_endpoint(EndpointName=endpoint_name)
+    client.delete_endpoint_config(EndpointConfigName=config_name)
+    for name in models:
+        client.delete_model(ModelName=name)
+    return {"endpoint": [endpoint_name], "endpoint_config": [config_name], "model": models}
+
+
+def transform(target: Target, image_uri: str, model_data: str, data: str, output_path: str, *,
+              instance_type: str = "ml.m5.large", instance_count: int = 1, wait: bool = True) -> str:
+    """Batch transform: one request per image under the `data` prefix, one `<image>.out` per answer."""
+    m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"))
+    transformer = m.transformer(instance_count=instance_count, instance_type=target.instance_type(instance_type),
+                                output_path=output_path, accept="application/json", strategy="SingleRecord")
+    transformer.transform(data, content_type=ANY_IMAGE, split_type=None, wait=wait, logs=wait)
+    return transformer.output_path
+
+
+def format_answer(answer) -> str:
+    """One line per class with its probability when the answer has that shape, else the JSON."""
+    rows = answer
+    if isinstance(rows, dict):
+        rows = rows.get("predictions", rows)
+    if isinstance(rows, list) and len(rows) == 1 and isinstance(rows[0], list):
+        rows = rows[0]
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        return "\n".join("  ".join(f"{k}={v}" for k, v in r.items()) for r in rows)
+    return json.dumps(answer, indent=2)

@@ -1,0 +1,67 @@
+"""Where jobs run: a SageMaker session on AWS, or local mode with Docker and no AWS account.
+
+Local mode needs no credentials, yet boto3 insists on a region and the SDK signs requests it
+never sends: both get dummy values here, on a boto3 session of our own, so the user's AWS
+configuration is neither read nor changed. Telemetry is opted out through the SDK config so no
+call leaves the machine.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import sagemaker
+from sagemaker.local import LocalSession
+
+LOCAL_REGION = "us-east-1"
+# Local mode only checks that a role looks like an ARN; nothing assumes it.
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/imgclf-local"
+LOCAL_INSTANCE_TYPE = "local"
+ROLE_ENV = "SAGEMAKER_ROLE"
+SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A SageMaker session and the execution role its jobs run as."""
+
+    session: sagemaker.Session
+    role: str
+
+    @property
+    def local(self) -> bool:
+        return bool(getattr(self.session, "local_mode", False))
+
+    def instance_type(self, requested: str) -> str:
+        """Local mode runs every instance as a container on this machine."""
+        return LOCAL_INSTANCE_TYPE if self.local else requested
+
+
+def local_target(container_root: Path | None = None, serving_port: int = 8080) -> Target:
+    """Local mode: jobs and endpoints are Docker Compose services on this machine.
+
+    `container_root` holds the SDK's per-job temporary folders (default: the system temp dir);
+    `serving_port` is where a local endpoint listens.
+    """
+    boto_session = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local",
+                                 region_name=LOCAL_REGION)
+    session = LocalSession(boto_session=boto_session, sagemaker_config=SDK_CONFIG)
+    root = Path(container_root or tempfile.gettempdir()).resolve()
+    session.config = {"local": {"local_code": True, "container_root": str(root), "serving_port": serving_port}}
+    return Target(session, LOCAL_ROLE)
+
+
+def aws_target(region: str | None = None, role: str | None = None) -> Target:
+    """A session on the user's AWS account; the role from the argument, $SAGEMAKER_ROLE, or the notebook's."""
+    session = sagemaker.Session(boto_session=boto3.Session(region_name=region), sagemaker_config=SDK_CONFIG)
+    role = role or os.environ.get(ROLE_ENV)
+    if not role:
+        role = sagemaker.get_execution_role(session)  # works inside SageMaker notebooks and Studio
+    return Target(session, role)
+
+
+def target(local: bool, region: str | None = None, role: str | None = None, **local_options) -> Target:
+    return local_target(**local_options) if local else aws_target(region, role)

@@ -1,0 +1,91 @@
+"""Training jobs: an SDK Estimator on the image, with the package's hyperparameters and metric lines.
+
+Hyperparameters are checked here with the training job's own parser before a job starts, so a
+typo fails in a second on the user's machine rather than minutes later in a container.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sagemaker.estimator import Estimator
+
+from ..contract import UserError
+from ..metrics import metric_definitions
+from ..train import get_args_parser, parse_hyperparameters
+from .session import Target
+
+BASE_JOB_NAME = "imgclf"
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+
+
+def hyperparameter_names() -> list[str]:
+    """The training job's hyperparameters (kebab-case), in the order its parser declares them."""
+    return [a.option_strings[0][2:] for a in get_args_parser()._actions if a.option_strings and a.dest != "help"]
+
+
+def check_hyperparameters(hyperparameters: dict) -> dict[str, str]:
+    """The values as the strings SageMaker passes, after the training parser accepted them."""
+    as_strings = {name: str(value).lower() if isinstance(value, bool) else str(value)
+                  for name, value in hyperparameters.items()}
+    parse_hyperparameters(as_strings)  # raises UserError naming the bad name or value
+    return as_strings
+
+
+@dataclass
+class JobSpec:
+    """What a training job needs besides its data."""
+
+    image_uri: str
+    hyperparameters: dict
+    instance_type: str = "ml.g4dn.xlarge"
+    instance_count: int = 1
+    output_path: str | None = None  # default: the session's bucket on AWS
+    checkpoint_s3_uri: str | None = None
+    spot: bool = False
+    max_run: int = 24 * 60 * 60
+    max_wait: int | None = None  # spot only: how long to wait for capacity, run time included
+    volume_size: int = 30
+    base_job_name: str = BASE_JOB_NAME
+
+
+def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
+    """Keyword arguments of `sagemaker.estimator.Estimator` for `spec` on `target`."""
+    if target.local and (spec.spot or spec.checkpoint_s3_uri):
+        raise UserError("spot training and checkpoint_s3_uri need SageMaker: leave them out in local mode")
+    if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
+        raise UserError(f"max_wait ({spec.max_wait} s) must be at least max_run ({spec.max_run} s)")
+    kwargs = dict(
+        image_uri=spec.image_uri,
+        role=target.role,
+        instance_type=target.instance_type(spec.instance_type),
+        instance_count=spec.instance_count,
+        hyperparameters=check_hyperparameters(spec.hyperparameters),
+        metric_definitions=metric_definitions(),
+        output_path=spec.output_path,
+        base_job_name=spec.base_job_name,
+        max_run=spec.max_run,
+        volume_size=spec.volume_size,
+        sagemaker_session=target.session,
+    )
+    if spec.checkpoint_s3_uri:
+        # SageMaker syncs this folder to S3 while the job runs and restores it on a restart,
+        # which is how a spot interruption resumes from the last epoch.
+        kwargs.update(checkpoint_s3_uri=spec.checkpoint_s3_uri, checkpoint_local_path=CHECKPOINT_LOCAL_PATH)
+    if spec.spot:
+        kwargs.update(use_spot_instances=True, max_wait=spec.max_wait or spec.max_run)
+    return kwargs
+
+
+def estimator(spec: JobSpec, target: Target) -> Estimator:
+    return Estimator(**estimator_kwargs(spec, target))
+
+
+def train(est: Estimator, inputs: dict[str, str], *, wait: bool = True, job_name: str | None = None) -> str:
+    """Start the job on `inputs` (channel -> URI); with `wait`, stream its logs until it ends.
+
+    Returns the model artifact's URI when waited for, else the job name.
+    """
+    if "training" not in inputs:
+        raise UserError("no training channel: give a data root with train/ or a training URI")
+    est.fit(inputs, wait=wait, logs="All" if wait else "None", job_name=job_name)
+    return est.model_data if wait else est.latest_training_job.name

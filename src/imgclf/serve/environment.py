@@ -1,0 +1,93 @@
+"""The serving environment: SAGEMAKER_* variables (as sagemaker-inference names them) and our own
+IMGCLF_* settings, read once into a `ServingEnvironment`.
+
+The server reads it to configure multi-model-server; each model worker reads it again from the
+environment it inherits, so flags given to `imgclf-serve` reach the workers as variables.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from sagemaker_inference import parameters as sm
+
+DEFAULT_BASE_DIR = "/opt/ml"
+MODEL_DIR_ENV = "SM_MODEL_DIR"  # outside a container: the artifact that imgclf-train wrote
+BATCH_SIZE_ENV = "IMGCLF_BATCH_SIZE"
+MAX_BATCH_DELAY_ENV = "IMGCLF_MAX_BATCH_DELAY_MS"
+TOP_K_ENV = "IMGCLF_TOP_K"
+TORCH_THREADS_ENV = "IMGCLF_TORCH_THREADS"
+PRECISION_ENV = "IMGCLF_PRECISION"
+MAX_IMAGE_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServingEnvironment:
+    model_dir: Path
+    models_dir: Path
+    multi_model: bool = False
+    port: int = 8080
+    workers: int = 1
+    torch_threads: int = 1
+    batch_size: int = 8
+    max_batch_delay_ms: int = 20
+    top_k: int = 5
+    precision: str = "auto"
+    max_image_pixels: int = 40_000_000
+    max_payload_bytes: int = 6 * 1024 * 1024
+    response_timeout_s: int = 60
+    startup_timeout_s: int = 600
+    vmargs: str = "-XX:-UseContainerSupport"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServingEnvironment":
+        base = Path(environ.get(sm.BASE_PATH_ENV) or DEFAULT_BASE_DIR)
+
+        def integer(var: str, default: int, minimum: int = 1) -> int:
+            raw = environ.get(var)
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not an integer") from None
+            if value < minimum:
+                raise ValueError(f"{var}={value} is below {minimum}")
+            return value
+
+        cpus = cpu_count()
+        # One worker per CPU with one torch thread each: workers x threads never oversubscribe the
+        # cores, and one worker's decoding overlaps another's forward pass.
+        workers = integer(sm.MODEL_SERVER_WORKERS_ENV, cpus)
+        precision = environ.get(PRECISION_ENV) or "auto"
+        if precision not in PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV}={precision!r}; choose one of {', '.join(PRECISIONS)}")
+        timeout = environ.get(sm.MODEL_SERVER_TIMEOUT_SECONDS_ENV) or environ.get(sm.MODEL_SERVER_TIMEOUT_ENV)
+        return cls(
+            model_dir=Path(environ.get(MODEL_DIR_ENV) or base / "model"),
+            models_dir=base / "models",
+            multi_model=environ.get(sm.MULTI_MODEL_ENV, "false").lower() == "true",
+            port=integer(sm.BIND_TO_PORT_ENV, 8080),
+            workers=workers,
+            torch_threads=integer(TORCH_THREADS_ENV, max(1, cpus // workers)),
+            batch_size=integer(BATCH_SIZE_ENV, 8),
+            max_batch_delay_ms=integer(MAX_BATCH_DELAY_ENV, 20, minimum=0),
+            top_k=integer(TOP_K_ENV, 5),
+            precision=precision,
+            max_image_pixels=integer(MAX_IMAGE_PIXELS_ENV, 40_000_000),
+            max_payload_bytes=integer(sm.MAX_REQUEST_SIZE, 6) * 1024 * 1024,
+            response_timeout_s=int(timeout) if timeout else 60,
+            startup_timeout_s=integer(sm.STARTUP_TIMEOUT_ENV, 600),
+            vmargs=environ.get(sm.MODEL_SERVER_VMARGS) or "-XX:-UseContainerSupport",
+        )

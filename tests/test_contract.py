@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from imgclf.contract import (
+    TrainingEnvironment,
+    UserError,
+    decode_value,
+    failure_reason,
+    hyperparameters_to_argv,
+    read_hyperparameters,
+    run_job,
+)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [('"64"', "64"), ("64", "64"), ('"resnet50"', "resnet50"), ("resnet50", "resnet50"),
+     ("0.0173", "0.0173"), ("true", "true"), ('"true"', "true"), (64, "64"), (True, "true")],
+)
+def test_decode_value_quoted_and_plain_agree(raw, expected):
+    assert decode_value(raw) == expected
+
+
+def test_read_hyperparameters_drops_sagemaker_keys(tmp_path):
+    (tmp_path / "hyperparameters.json").write_text(json.dumps({
+        "batch-size": '"64"', "lr": "0.0173", "sagemaker_program": "train.py", "_tuning_objective_metric": "x",
+    }))
+    assert read_hyperparameters(tmp_path, {}) == {"batch-size": "64", "lr": "0.0173"}
+
+
+def test_read_hyperparameters_falls_back_to_sm_hps(tmp_path):
+    assert read_hyperparameters(tmp_path, {"SM_HPS": '{"epochs": 3, "freeze": false}'}) == {
+        "epochs": "3", "freeze": "false"}
+
+
+def test_unknown_hyperparameters_are_named_together():
+    with pytest.raises(UserError, match="unknown hyperparameters: bogus, learning-rate"):
+        hyperparameters_to_argv({"lr": "1", "bogus": "1", "learning-rate": "2"}, {"lr", "epochs"})
+    assert hyperparameters_to_argv({"lr": "0.1", "epochs": "2"}, {"lr", "epochs"}) == [
+        "--epochs", "2", "--lr", "0.1"]
+
+
+def test_environment_from_sagemaker_tree(tmp_path):
+    config = tmp_path / "input" / "config"
+    config.mkdir(parents=True)
+    (tmp_path / "input" / "data" / "training").mkdir(parents=True)
+    (config / "resourceconfig.json").write_text(json.dumps(
+        {"current_host": "algo-2", "hosts": ["algo-2", "algo-1"], "network_interface_name": "eth0"}))
+    (config / "hyperparameters.json").write_text('{"epochs": "2"}')
+    env = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert env.model_dir == tmp_path / "model"
+    assert env.checkpoint_dir == tmp_path / "checkpoints"
+    assert env.failure_file == tmp_path / "output" / "failure"
+    assert env.channels == {"training": tmp_path / "input" / "data" / "training"}
+    assert env.hosts == ["algo-1", "algo-2"] and env.current_host == "algo-2"
+    assert env.network_interface == "eth0"
+    assert env.hyperparameters == {"epochs": "2"}
+
+
+def test_sm_variables_override_paths(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    env = TrainingEnvironment.from_env({
+        "SAGEMAKER_BASE_DIR": str(tmp_path / "none"), "SM_CHANNEL_TRAINING": str(images),
+        "SM_MODEL_DIR": str(tmp_path / "m"), "SM_CHECKPOINT_DIR": str(tmp_path / "c"),
+        "SM_HOSTS": '["b", "a"]', "SM_CURRENT_HOST": "a",
+    })
+    assert env.channels == {"training": images}
+    assert (env.model_dir, env.checkpoint_dir) == (tmp_path / "m", tmp_path / "c")
+    assert env.hosts == ["a", "b"] and env.current_host == "a"
+
+
+def test_failure_reasons_name_the_kind():
+    assert failure_reason(UserError("no images")) == "ClientError: no images"
+    assert failure_reason(MemoryError()).startswith("OutOfMemoryError")
+    assert failure_reason(RuntimeError("boom\nmore")) == "AlgorithmError: RuntimeError: boom"
+
+
+def test_run_job_writes_failure_file_and_exit_code(tmp_path):
+    failure = tmp_path / "output" / "failure"
+
+    def bad():
+        raise UserError("only one class (a)")
+
+    assert run_job(bad, failure) == 2
+    assert failure.read_text() == "ClientError: only one class (a)\n"
+    assert run_job(lambda: 0, tmp_path / "ok") == 0
+    assert not (tmp_path / "ok").exists()

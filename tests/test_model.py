@@ -1,0 +1,97 @@
+import json
+
+import pytest
+import torch
+
+from imgclf import model as models
+from imgclf.presets import EvalSettings
+
+
+def card(arch="resnet18", classes=("a", "b", "c")):
+    return models.ModelCard(arch=arch, classes=tuple(classes), eval=EvalSettings.for_image_size(32))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_head_matches_number_of_classes(arch):
+    net = models.create_model(arch, 7).eval()
+    assert models.head(net).out_features == 7
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 7)
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(models.ModelError, match="resnet50.*efficientnet_lite0"):
+        models.create_model("vgg16", 3)
+
+
+def test_load_backbone_keeps_fresh_head(tmp_path):
+    imagenet = models.create_model("resnet18", 1000)
+    torch.save(imagenet.state_dict(), tmp_path / "resnet18.pth")
+    net = models.create_model("resnet18", 5)
+    head_before = net.fc.weight.clone()
+    models.load_backbone(net, tmp_path / "resnet18.pth")
+    assert torch.equal(net.conv1.weight, imagenet.conv1.weight)
+    assert torch.equal(net.fc.weight, head_before)
+
+
+def test_load_backbone_rejects_weights_of_another_network(tmp_path):
+    torch.save(models.create_model("resnet34", 1000).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(models.ModelError, match="does not fit"):
+        models.load_backbone(models.create_model("resnet18", 5), tmp_path / "w.pth")
+
+
+def test_packaged_efficientnet_weights_are_found_and_fit():
+    weights = models.find_imagenet_weights("efficientnet_lite0", None)
+    assert weights is not None and weights.is_file()
+    models.load_backbone(models.create_model("efficientnet_lite0", 4), weights)
+
+
+def test_pretrained_channel_comes_first(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(tmp_path / "baked"))
+    (tmp_path / "baked").mkdir()
+    (tmp_path / "baked" / "resnet50.pth").write_bytes(b"")
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    assert models.find_imagenet_weights("resnet50", channel) == tmp_path / "baked" / "resnet50.pth"
+    (channel / "anything.pth").write_bytes(b"")
+    assert models.find_imagenet_weights("resnet50", channel) == channel / "anything.pth"
+    (channel / "other.pt").write_bytes(b"")
+    with pytest.raises(models.ModelError, match="none is named resnet50.pth"):
+        models.find_imagenet_weights("resnet50", channel)
+    (channel / "resnet50.pth").write_bytes(b"")
+    assert models.find_imagenet_weights("resnet50", channel) == channel / "resnet50.pth"
+    assert models.find_imagenet_weights("resnet18", None) is None
+
+
+def test_freeze_trains_head_only_and_fixes_batchnorm_stats():
+    net = models.create_model("resnet18", 3)
+    models.freeze_backbone(net)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.weight", "fc.bias"}
+    models.train_mode(net)
+    assert net.training and net.fc.training and not net.bn1.training
+    stats = net.bn1.running_mean.clone()
+    net(torch.randn(4, 3, 32, 32))
+    assert torch.equal(net.bn1.running_mean, stats)
+
+
+def test_artifact_round_trip_gives_same_predictions(tmp_path):
+    net = models.create_model("resnet18", 3).eval()
+    models.save_artifact(tmp_path, net, card())
+    loaded, loaded_card = models.load_artifact(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert loaded_card == card()
+    assert not loaded.training
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["versions"]["torch"] == torch.__version__
+    torch.load(tmp_path / "model.pt", weights_only=True)  # plain tensors, nothing to unpickle
+
+
+def test_missing_or_future_artifact_is_a_model_error(tmp_path):
+    with pytest.raises(models.ModelError, match="not a model artifact"):
+        models.load_artifact(tmp_path)
+    (tmp_path / "model.json").write_text(json.dumps({**card().to_dict(), "format_version": 99}))
+    with pytest.raises(models.ModelError, match="format_version"):
+        models.load_artifact(tmp_path)

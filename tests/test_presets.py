@@ -1,0 +1,63 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings, reduce_on_decode, to_rgb
+
+
+def test_eval_settings_round_trip_through_json_types():
+    s = EvalSettings.for_image_size(160, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert (s.crop_size, s.resize_size) == (160, 183)
+    assert EvalSettings.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in s.to_dict().items()}) == s
+
+
+def test_eval_preset_output_shape_and_normalisation():
+    tf = ClassificationPresetEval.from_settings(EvalSettings(crop_size=32, resize_size=40, mean=(0.5,) * 3,
+                                                             std=(0.5,) * 3))
+    x = tf(Image.new("RGB", (100, 60), (255, 255, 255)))
+    assert x.shape == (3, 32, 32)
+    assert torch.allclose(x, torch.ones_like(x))  # (1 - 0.5) / 0.5
+
+
+def test_train_preset_is_random_but_shaped():
+    tf = ClassificationPresetTrain(crop_size=24)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    a, b = tf(img), tf(img)
+    assert a.shape == b.shape == (3, 24, 24)
+    assert not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1"])
+def test_to_rgb_converts_every_mode(mode):
+    img = Image.new(mode, (8, 6))
+    out = to_rgb(img)
+    assert out.mode == "RGB" and out.size == (8, 6)
+
+
+def test_to_rgb_composites_alpha_on_white_and_stretches_16_bit():
+    transparent = Image.new("RGBA", (2, 2), (0, 0, 0, 0))
+    assert to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
+    deep = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
+    rgb = to_rgb(deep)
+    assert [rgb.getpixel((x, 0))[0] for x in range(2)] == [0, 255]
+
+
+def test_reduce_on_decode_decodes_large_jpeg_smaller():
+    buf = io.BytesIO()
+    Image.new("RGB", (2000, 1600), (10, 20, 30)).save(buf, "JPEG")
+    img = Image.open(io.BytesIO(buf.getvalue()))
+    reduce_on_decode(img, 256)
+    img.load()
+    assert min(img.size) >= 256 and img.size[0] <= 1000
+    png = Image.open(io.BytesIO(_png()))
+    reduce_on_decode(png, 8)  # not a JPEG: left alone
+    assert png.size == (64, 64)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "PNG")
+    return buf.getvalue()
