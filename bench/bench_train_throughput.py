@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Training throughput: the product's training step fed from JPEG files vs from tensors in memory.
+
+Both runs use the same network, optimizer and step function (`imgclf.train.train_one_epoch`);
+only the input differs:
+  * memory: pre-made batches of random tensors, no decoding (the upper bound);
+  * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
+            normalise) with the default number of workers.
+It prints images/s for both and `jpeg / memory`, the share of the step's speed the input
+pipeline keeps (target >= 0.9). On CUDA it runs mixed precision with channels_last and also
+prints the ratio to NVIDIA's published ResNet50 AMP training figure (2,470 images/s on one A100).
+
+    .venv/bin/python bench/bench_train_throughput.py                  # CPU: frozen ResNet50, batch 32
+    python bench/bench_train_throughput.py --batch-size 256 --freeze false --steps 30   # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from imgclf import distributed, model as models
+from imgclf.data import ImageFolderDataset, find_classes, make_loader
+from imgclf.presets import ClassificationPresetTrain
+from imgclf.train import StopRequest, default_workers, str2bool, train_one_epoch
+
+NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
+
+
+def write_photos(root: Path, n: int, size=(500, 375), classes: int = 10) -> None:
+    """Photo-like JPEGs (smooth shapes, texture, noise) of the dog-breed data's typical size."""
+    rng = random.Random(0)
+    for i in range(n):
+        folder = root / f"class{i % classes:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = np.random.default_rng(i).integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(base).resize(size, Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+        noise = np.random.default_rng(i + 1).normal(0, 12, (size[1], size[0], 3))
+        img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
+        img.save(folder / f"{i:05d}.jpg", quality=rng.choice([85, 90, 95]))
+
+
+class Limited:
+    """The first `steps` batches of a loader (with a len, as train_one_epoch expects)."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps = loader, steps
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.steps)
+
+    def __len__(self):
+        return self.steps
+
+
+def measure(model, loader, args, device, warmup: int) -> float:
+    """Images/s of train_one_epoch over `loader` after `warmup` steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
+    criterion = torch.nn.CrossEntropyLoss()
+    topology, stop = distributed.Topology(), StopRequest()
+    train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, warmup), device, 0, args, topology, stop)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    _, _, seen, _, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, args.steps), device, 1,
+                                       args, topology, stop)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="resnet50", choices=models.ARCHS)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--freeze", type=str2bool, default=True)
+    p.add_argument("--amp", type=str2bool, default=True)
+    p.add_argument("--steps", type=int, default=6, help="measured steps per run")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=None, help="default: the training job's default")
+    p.add_argument("--images", type=Path, help="class folders of JPEGs (default: generated 500x375 photos)")
+    args = p.parse_args()
+    args.log_interval = 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workers = args.num_workers if args.num_workers is not None else default_workers(distributed.Topology())
+    n_images = args.batch_size * (args.steps + args.warmup + 1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.images
+        if root is None:
+            root = Path(tmp) / "jpeg"
+            write_photos(root, n_images)
+        classes = find_classes(root)
+        model = models.create_model(args.arch, len(classes))
+        if args.freeze:
+            models.freeze_backbone(model)
+        memory_format = torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+        model = model.to(device, memory_format=memory_format)
+
+        batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size),
+                 torch.randint(len(classes), (args.batch_size,)), 0)
+        memory = measure(model, itertools.repeat(batch), args, device, args.warmup)
+
+        ds = ImageFolderDataset(root, classes, ClassificationPresetTrain(crop_size=args.image_size))
+        loader = make_loader(ds, batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True,
+                             pin_memory=device.type == "cuda")
+        jpeg = measure(model, itertools.chain.from_iterable(itertools.repeat(loader)), args, device, args.warmup)
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"{args.arch} freeze={args.freeze} batch={args.batch_size} image={args.image_size} on {name}, "
+          f"amp+channels_last={device.type == 'cuda' and args.amp}, workers={workers}, steps={args.steps}")
+    print(f"memory tensors: {memory:8.1f} images/s")
+    print(f"jpeg files:     {jpeg:8.1f} images/s")
+    print(f"jpeg / memory:  {jpeg / memory:8.2f}  (target >= 0.9)")
+    if device.type == "cuda":
+        print(f"vs NVIDIA ResNet50 AMP on 1x A100 ({NVIDIA_A100_RESNET50_AMP:.0f} images/s): "
+              f"memory {memory / NVIDIA_A100_RESNET50_AMP:.2f}x, jpeg {jpeg / NVIDIA_A100_RESNET50_AMP:.2f}x")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
