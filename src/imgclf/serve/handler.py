@@ -1,0 +1,181 @@
+"""The image classifier handler, in TorchServe's shape: `initialize` once per worker, then for every
+batch that the model server hands over, `preprocess` -> `inference` -> `postprocess`.
+
+A batch holds several requests (server-side batching) and each request one or more images; all
+images go through the network as one tensor. A request the decoder refuses gets its own 4xx with a
+JSON reason while the rest of the batch is answered.
+
+The network runs under `torch.inference_mode`, in channels-last layout, and in bfloat16 autocast
+when the processor supports it and a probe batch gives the same answers as float32 (`precision`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..model import load_artifact
+from ..presets import ClassificationPresetEval
+from .decoder import decode
+from .environment import ServingEnvironment
+from .errors import BadRequest, ServeError
+
+log = logging.getLogger(__name__)
+
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+JSON_TYPE = "application/json"
+PROBE_IMAGES = 4
+# bfloat16 keeps 8 bits of mantissa: probabilities move by up to about 1e-2 on real photos.
+# Refuse it when the probe shows more than that, or a different top-1 where float32 is sure.
+MAX_PROBABILITY_GAP = 0.03
+
+
+@dataclass
+class Batch:
+    """The images of every request in one tensor, and where each request's answers are."""
+
+    pixels: torch.Tensor | None = None
+    counts: list[int] = field(default_factory=list)  # images per request; 0 for a refused one
+    top_k: list[int] = field(default_factory=list)
+    errors: dict[int, ServeError] = field(default_factory=dict)
+
+
+class ImageClassifierHandler:
+    def __init__(self, env: ServingEnvironment | None = None):
+        self.env = env
+        self.model = None
+        self.initialized = False
+
+    def initialize(self, context) -> None:
+        env = self.env = self.env or ServingEnvironment.from_env()
+        Image.MAX_IMAGE_PIXELS = env.max_image_pixels
+        torch.set_num_threads(env.torch_threads)
+        gpu = context.system_properties.get("gpu_id")
+        self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        model_dir = Path(context.system_properties["model_dir"])
+        model, card = load_artifact(model_dir)
+        self.classes = card.classes
+        self.transform = ClassificationPresetEval.from_settings(card.eval)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.autocast = self.choose_precision(env.precision, card.eval.crop_size)
+        self.initialized = True
+        log.info("model %s (%s, %d classes) on %s in %s, %d torch threads", model_dir, card.arch,
+                 len(self.classes), self.device, "bfloat16" if self.autocast else "float32", torch.get_num_threads())
+
+    def bf16_supported(self) -> bool:
+        if self.device.type == "cuda":
+            return torch.cuda.is_bf16_supported()
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+    def choose_precision(self, precision: str, crop_size: int) -> bool:
+        """True to run in bfloat16 autocast. `auto` checks it against float32 on a probe batch,
+        which also warms up both code paths before the first request."""
+        if precision == "fp32" or (precision == "auto" and not self.bf16_supported()):
+            return False
+        if precision == "bf16":
+            return True
+        probe = probe_batch(PROBE_IMAGES, crop_size, self.transform)
+        fp32, bf16 = self.forward(probe, autocast=False), self.forward(probe, autocast=True)
+        gap = (fp32 - bf16).abs().max().item()
+        top2 = fp32.topk(min(2, fp32.shape[1])).values
+        sure = (top2[:, 0] - top2[:, -1]) > 2 * MAX_PROBABILITY_GAP
+        same_top1 = bool((fp32.argmax(1) == bf16.argmax(1))[sure].all())
+        log.info("bfloat16 vs float32 on the probe batch: largest probability gap %.4f, top-1 %s",
+                 gap, "agrees" if same_top1 else "differs")
+        return gap <= MAX_PROBABILITY_GAP and same_top1
+
+    def forward(self, pixels: torch.Tensor, autocast: bool) -> torch.Tensor:
+        pixels = pixels.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            logits = self.model(pixels)
+        return logits.float().softmax(dim=1).cpu()
+
+    def preprocess(self, data: list[dict], context) -> Batch:
+        batch, tensors = Batch(), []
+        for i, request in enumerate(data):
+            headers = {k.lower(): v for k, v in (context.get_all_request_header(i) or {}).items()}
+            try:
+                decoded = decode(request_body(request), headers.get("content-type"), self.transform.decode_min_side)
+                top_k = decoded.top_k or top_k_attribute(headers.get(CUSTOM_ATTRIBUTES)) or self.env.top_k
+                tensors += [self.transform(img) for img in decoded.images]
+                batch.counts.append(len(decoded.images))
+                batch.top_k.append(min(top_k, len(self.classes)))
+            except ServeError as e:
+                batch.errors[i] = e
+                batch.counts.append(0)
+                batch.top_k.append(0)
+        if tensors:
+            batch.pixels = torch.stack(tensors)
+        return batch
+
+    def inference(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.forward(pixels, self.autocast)
+
+    def postprocess(self, probabilities: torch.Tensor | None, batch: Batch) -> list[str]:
+        answers, start = [], 0
+        for i, (count, k) in enumerate(zip(batch.counts, batch.top_k)):
+            if i in batch.errors:
+                answers.append(batch.errors[i].to_json())
+                continue
+            top = probabilities[start:start + count].topk(k, dim=1)
+            start += count
+            answers.append(json.dumps({"predictions": [
+                [{"label": self.classes[c], "probability": round(p, 6)} for p, c in zip(ps, cs)]
+                for ps, cs in zip(top.values.tolist(), top.indices.tolist())
+            ]}))
+        return answers
+
+    def handle(self, data: list[dict], context) -> list[str]:
+        """One batch from the model server: a JSON answer and status per request."""
+        start = time.perf_counter()
+        batch = self.preprocess(data, context)
+        probabilities = self.inference(batch.pixels) if batch.pixels is not None else None
+        answers = self.postprocess(probabilities, batch)
+        log.info("batch of %d requests, %d images, %.0f ms", len(data), sum(batch.counts),
+                 1000 * (time.perf_counter() - start))
+        for i in range(len(data)):
+            context.set_response_content_type(i, JSON_TYPE)
+            if i in batch.errors:
+                error = batch.errors[i]
+                log.info("request %d refused (%d): %s", i, error.status_code, error.message)
+                context.set_response_status(error.status_code, error.phrase, i)
+        return answers
+
+
+def request_body(request: dict) -> bytes:
+    """The raw body: MMS puts it under "body" (or under the form field's name for multipart)."""
+    if request.get("body") is not None:
+        return request["body"]
+    return next((v for v in request.values() if isinstance(v, (bytes, bytearray))), b"")
+
+
+def top_k_attribute(attributes: str | None) -> int | None:
+    """`top_k=3` from X-Amzn-SageMaker-Custom-Attributes (comma-separated key=value pairs)."""
+    for pair in (attributes or "").split(","):
+        key, _, value = pair.partition("=")
+        if key.strip() == "top_k":
+            try:
+                k = int(value)
+            except ValueError:
+                k = 0
+            if k < 1:
+                raise BadRequest(f"top_k in X-Amzn-SageMaker-Custom-Attributes must be a positive integer, got {value!r}")
+            return k
+    return None
+
+
+def probe_batch(n: int, size: int, transform: ClassificationPresetEval) -> torch.Tensor:
+    """Deterministic smooth colour images through the real transform: inputs in the range the
+    network sees, unlike uniform noise."""
+    g = torch.Generator().manual_seed(0)
+    images = []
+    for _ in range(n):
+        low = torch.rand(3, 4, 4, generator=g)
+        up = torch.nn.functional.interpolate(low[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+        images.append(Image.fromarray((up.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()))
+    return torch.stack([transform(img) for img in images])

@@ -1,0 +1,248 @@
+"""`imgclf-serve`: the endpoint's server process (what `docker run IMAGE serve` runs).
+
+In a container it takes no arguments: everything comes from the SAGEMAKER_* variables that
+sagemaker-inference defines and our IMGCLF_* ones (environment.py). Outside a container the
+flags set the same variables:
+
+    imgclf-serve --model-dir ./model --port 8080
+
+It starts multi-model-server in the foreground on a private port, registers the model with
+server-side batching (MMS's start-up models get a batch size of 1), and serves the public port
+through `front.Front`. SIGTERM stops the model server's whole process group, workers included.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import sagemaker_inference
+from sagemaker_inference import parameters as sm
+
+from . import environment as E
+from .environment import ServingEnvironment
+from .front import MODEL_NAME, Front
+
+log = logging.getLogger("imgclf.serve")
+
+HANDLER_SERVICE = "imgclf.serve.handler_service"
+MMS_LOG_CONFIG = Path(sagemaker_inference.__file__).parent / "etc" / "log4j2.xml"
+STOP_GRACE_S = 20
+
+
+def mms_config(env: ServingEnvironment, port: int) -> str:
+    """multi-model-server's config.properties for a private port on the loopback interface."""
+    props = {
+        "inference_address": f"http://127.0.0.1:{port}",
+        "management_address": f"http://127.0.0.1:{port}",
+        "model_store": "/",
+        "load_models": "",
+        "default_service_handler": HANDLER_SERVICE,
+        "default_workers_per_model": env.workers,
+        "default_response_timeout": env.response_timeout_s,
+        "default_response_timeout_seconds": env.response_timeout_s,
+        "decode_input_request": "false",
+        # the front refuses bodies over the limit with a JSON reason; leave MMS room for headers
+        "max_request_size": env.max_payload_bytes + 1024 * 1024,
+        "max_response_size": 64 * 1024 * 1024,
+        "job_queue_size": 1000,
+        "vmargs": env.vmargs,
+        "enable_envvars_config": "false",
+    }
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+def register_defaults(env: ServingEnvironment) -> dict[str, int]:
+    """Batching and workers for every model registered (the single model, or each MME model)."""
+    return {
+        "batch_size": env.batch_size,
+        "max_batch_delay": env.max_batch_delay_ms,
+        "initial_workers": env.workers,
+        "response_timeout": env.response_timeout_s,
+    }
+
+
+def free_port() -> int:
+    """A free loopback port below 32767, the highest that multi-model-server accepts (the kernel's
+    own choice for port 0 lies above it)."""
+    for port in random.sample(range(20000, 32767), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port for multi-model-server between 20000 and 32766")
+
+
+def request(port: int, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class ModelServer:
+    """multi-model-server in its own process group, with its config and logs in `run_dir`."""
+
+    def __init__(self, env: ServingEnvironment, run_dir: Path, port: int):
+        self.env = env
+        self.port = port
+        self.run_dir = run_dir
+        config = run_dir / "mms.properties"
+        config.write_text(mms_config(env, self.port))
+        child_env = {
+            **os.environ,
+            # MMS keeps its pid file (TMPDIR) and worker sockets (TEMP) in the temp dir: one per server
+            "TMPDIR": str(run_dir),
+            "TEMP": str(run_dir),
+            "LOG_LOCATION": str(run_dir / "logs"),
+            "METRICS_LOCATION": str(run_dir / "logs"),
+            # one torch thread layout for every library the workers load
+            "OMP_NUM_THREADS": str(env.torch_threads),
+        }
+        cmd = [sys.executable, "-m", "mms.model_server", "--start", "--foreground", "--mms-config", str(config),
+               "--model-store", "/", "--log-config", str(MMS_LOG_CONFIG)]
+        log.info("starting multi-model-server on 127.0.0.1:%d: %s", self.port, " ".join(cmd))
+        self.process = subprocess.Popen(cmd, env=child_env, cwd=run_dir, start_new_session=True)
+
+    def wait_until_answering(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"multi-model-server exited with code {self.process.returncode}")
+            try:
+                request(self.port, "GET", "/ping", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"multi-model-server did not answer within {timeout:.0f} s")
+
+    def register(self, model_dir: Path, timeout: float) -> None:
+        """Load the single model with its workers; returns once they hold it."""
+        query = urlencode({"url": str(model_dir.resolve()), "model_name": MODEL_NAME, "synchronous": "true",
+                           **register_defaults(self.env)})
+        status, body = request(self.port, "POST", f"/models?{query}", timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"multi-model-server could not load {model_dir}: {status} {body.decode(errors='replace')}")
+
+    def stop(self) -> int:
+        """SIGTERM to the whole group (the launcher, the JVM, the Python workers), SIGKILL after a grace period."""
+        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        return self.process.wait()
+
+
+def start_up(server: ModelServer, front: Front, env: ServingEnvironment, failed: threading.Event) -> None:
+    """Background start-up: register the single model, then let /ping say healthy. A model that
+    cannot be loaded ends the process (SageMaker then reports the endpoint as failed)."""
+    try:
+        server.wait_until_answering(env.startup_timeout_s)
+        if not env.multi_model:
+            server.register(env.model_dir, env.startup_timeout_s)
+            front.model_ready.set()
+        log.info("ready on port %d", env.port)
+    except Exception as e:
+        log.error("start-up failed: %s", e)
+        failed.set()
+
+
+def main(env: ServingEnvironment, host: str = "0.0.0.0") -> int:
+    """Serve until SIGTERM (exit 0) or until the model server fails (exit 1)."""
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        log.error("multi-model-server needs a Java runtime (java not found on PATH)")
+        return 1
+    if not env.multi_model and not (env.model_dir / "model.json").is_file():
+        log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
+        return 1
+    mms_port = free_port()
+    front = Front((host, env.port), mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
+                  register_defaults=register_defaults(env) if env.multi_model else None)
+    run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
+    server = ModelServer(env, run_dir, mms_port)
+    stop, failed = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    threading.Thread(target=front.serve_forever, name="front", daemon=True).start()
+    threading.Thread(target=start_up, args=(server, front, env, failed), name="start-up", daemon=True).start()
+    log.info("serving %s on %s:%d", env.models_dir if env.multi_model else env.model_dir, host, env.port)
+    while not (stop.is_set() or failed.is_set() or server.process.poll() is not None):
+        stop.wait(0.5)
+    front.shutdown()
+    front.server_close()
+    code = server.stop()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if stop.is_set() and not failed.is_set():
+        return 0
+    log.error("stopped: %s", "start-up failed" if failed.is_set() else f"multi-model-server exited with code {code}")
+    return 1
+
+
+FLAG_VARIABLES = {  # flag -> the variable it sets, so the model workers see it too
+    "model_dir": E.MODEL_DIR_ENV,
+    "port": sm.BIND_TO_PORT_ENV,
+    "workers": sm.MODEL_SERVER_WORKERS_ENV,
+    "torch_threads": E.TORCH_THREADS_ENV,
+    "batch_size": E.BATCH_SIZE_ENV,
+    "max_batch_delay_ms": E.MAX_BATCH_DELAY_ENV,
+    "top_k": E.TOP_K_ENV,
+    "precision": E.PRECISION_ENV,
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", help=f"model artifact (default ${E.MODEL_DIR_ENV} or /opt/ml/model)")
+    p.add_argument("--port", type=int, help=f"public port (default ${sm.BIND_TO_PORT_ENV} or 8080)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--multi-model", action="store_true", help=f"multi-model endpoint (default ${sm.MULTI_MODEL_ENV})")
+    p.add_argument("--workers", type=int, help="model worker processes (default: one per CPU)")
+    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: CPUs / workers)")
+    p.add_argument("--batch-size", type=int, help="most requests batched together (default 8)")
+    p.add_argument("--max-batch-delay-ms", type=int, help="longest wait for a batch to fill (default 20)")
+    p.add_argument("--top-k", type=int, help="labels per image unless the request asks (default 5)")
+    p.add_argument("--precision", choices=E.PRECISIONS, help="auto: bfloat16 where supported and it agrees with float32")
+    return p
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    args = get_args_parser().parse_args(argv)
+    for flag, var in FLAG_VARIABLES.items():
+        if getattr(args, flag) is not None:
+            os.environ[var] = str(getattr(args, flag))
+    if args.multi_model:
+        os.environ[sm.MULTI_MODEL_ENV] = "true"
+    try:
+        env = ServingEnvironment.from_env()
+    except ValueError as e:
+        sys.exit(f"imgclf-serve: {e}")
+    sys.exit(main(env, host=args.host))
+
+
+if __name__ == "__main__":
+    cli()

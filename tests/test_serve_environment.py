@@ -1,0 +1,56 @@
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from imgclf.serve import environment
+from imgclf.serve.environment import ServingEnvironment
+
+
+def test_defaults_follow_the_sagemaker_contract():
+    with mock.patch.object(environment, "cpu_count", return_value=4):
+        env = ServingEnvironment.from_env({})
+    assert env.model_dir == Path("/opt/ml/model")
+    assert env.models_dir == Path("/opt/ml/models")
+    assert env.port == 8080 and not env.multi_model
+    # workers x threads fill the CPUs without oversubscribing them
+    assert env.workers == 4 and env.torch_threads == 1
+    assert env.max_payload_bytes == 6 * 1024 * 1024
+    assert env.precision == "auto" and env.top_k == 5
+
+
+def test_sagemaker_and_imgclf_variables_override():
+    with mock.patch.object(environment, "cpu_count", return_value=8):
+        env = ServingEnvironment.from_env({
+            "SAGEMAKER_BASE_DIR": "/srv/ml",
+            "SAGEMAKER_BIND_TO_PORT": "9090",
+            "SAGEMAKER_MULTI_MODEL": "true",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+            "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+            "IMGCLF_BATCH_SIZE": "16",
+            "IMGCLF_MAX_BATCH_DELAY_MS": "0",
+            "IMGCLF_TOP_K": "3",
+            "IMGCLF_PRECISION": "fp32",
+        })
+    assert env.model_dir == Path("/srv/ml/model") and env.models_dir == Path("/srv/ml/models")
+    assert env.port == 9090 and env.multi_model
+    assert env.workers == 2 and env.torch_threads == 4
+    assert env.response_timeout_s == 120 and env.max_payload_bytes == 20 * 1024 * 1024
+    assert (env.batch_size, env.max_batch_delay_ms, env.top_k, env.precision) == (16, 0, 3, "fp32")
+
+
+def test_sm_model_dir_wins_outside_a_container():
+    env = ServingEnvironment.from_env({"SM_MODEL_DIR": "/tmp/m", "SAGEMAKER_BASE_DIR": "/srv/ml"})
+    assert env.model_dir == Path("/tmp/m")
+
+
+@pytest.mark.parametrize("var, value, words", [
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "two", "not an integer"),
+    ("IMGCLF_BATCH_SIZE", "0", "below 1"),
+    ("IMGCLF_PRECISION", "fp16", "auto, fp32, bf16"),
+])
+def test_bad_values_name_the_variable(var, value, words):
+    with pytest.raises(ValueError, match=var) as e:
+        ServingEnvironment.from_env({var: value})
+    assert words in str(e.value)

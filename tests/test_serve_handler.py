@@ -1,0 +1,140 @@
+import base64
+import io
+import json
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from PIL import Image
+
+from imgclf.model import load_artifact
+from imgclf.presets import ClassificationPresetEval
+from imgclf.serve import handler as handler_module
+from imgclf.serve.environment import ServingEnvironment
+from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
+from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
+
+
+def environment(tmp_path, **kw) -> ServingEnvironment:
+    return ServingEnvironment(model_dir=tmp_path / "model", models_dir=tmp_path / "models", **kw)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("serve") / "model", image_size=40)
+
+
+@pytest.fixture
+def handler(model_dir, tmp_path):
+    h = ImageClassifierHandler(environment(tmp_path, top_k=2, precision="fp32"))
+    h.initialize(MockContext(model_dir))
+    return h
+
+
+def run(handler, bodies, headers):
+    context = MockContext(Path("unused"), headers)
+    answers = handler.handle([{"body": b} for b in bodies], context)
+    return [json.loads(a) for a in answers], context
+
+
+def test_preprocessing_comes_from_the_artifact(handler, model_dir):
+    _, card = load_artifact(model_dir)
+    batch = handler.preprocess([{"body": jpeg(size=(300, 200))}], MockContext(model_dir, [{"Content-Type": "image/jpeg"}]))
+    assert batch.pixels.shape == (1, 3, card.eval.crop_size, card.eval.crop_size)
+    img = Image.open(io.BytesIO(jpeg(size=(300, 200)))).convert("RGB")
+    expected = ClassificationPresetEval.from_settings(card.eval)(img)
+    assert torch.allclose(batch.pixels[0], expected, atol=0.05)  # the same transform (JPEG draft aside)
+
+
+def test_a_batch_of_requests_is_one_forward_pass_with_answers_per_request(handler):
+    two = json.dumps({"images": [base64.b64encode(jpeg()).decode()] * 2, "top_k": 3}).encode()
+    bodies = [jpeg(), two, b"garbage", jpeg()]
+    headers = [{"Content-Type": "image/jpeg"}, {"content-type": "application/json"},
+               {"Content-Type": "image/png"}, {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=1"}]
+    with mock.patch.object(handler, "inference", wraps=handler.inference) as inference:
+        answers, context = run(handler, bodies, headers)
+    (pixels,), _ = inference.call_args
+    assert inference.call_count == 1 and pixels.shape[0] == 4  # 1 + 2 + 1 images; the bad one left out
+    assert [len(a["predictions"]) for a in answers if "predictions" in a] == [1, 2, 1]
+    assert [len(p) for p in answers[0]["predictions"]] == [2]  # the environment's default top_k
+    assert [len(p) for p in answers[1]["predictions"]] == [3, 3]  # top_k from the JSON body
+    assert [len(p) for p in answers[3]["predictions"]] == [1]  # top_k from the custom attributes header
+    labels = answers[1]["predictions"][0]
+    assert {p["label"] for p in labels} == set(CLASSES)
+    assert abs(sum(p["probability"] for p in labels) - 1) < 1e-4
+    assert labels == sorted(labels, key=lambda p: -p["probability"])
+    assert context.status == {2: (400, "Bad Request")}
+    assert answers[2]["error"] == "Bad Request" and "image" in answers[2]["message"]
+    assert set(context.content_types.values()) == {"application/json"}
+
+
+def test_a_batch_of_only_bad_requests_skips_the_network(handler):
+    with mock.patch.object(handler, "inference") as inference:
+        answers, context = run(handler, [b"x"], [{"Content-Type": "text/plain"}])
+    inference.assert_not_called()
+    assert context.status[0][0] == 415 and "text/plain" in answers[0]["message"]
+
+
+def test_same_answers_for_the_same_image_alone_or_in_a_batch(handler):
+    alone, _ = run(handler, [jpeg(color=(20, 90, 200))], [{"Content-Type": "image/jpeg"}])
+    batched, _ = run(handler, [jpeg(), jpeg(color=(20, 90, 200))], [{"Content-Type": "image/jpeg"}] * 2)
+    for a, b in zip(alone[0]["predictions"][0], batched[1]["predictions"][0]):
+        assert a["label"] == b["label"] and abs(a["probability"] - b["probability"]) < 1e-4
+
+
+@pytest.mark.parametrize("value, k", [("top_k=3", 3), ("foo=bar, top_k=2", 2), ("foo=bar", None), (None, None)])
+def test_top_k_attribute(value, k):
+    assert top_k_attribute(value) == k
+
+
+def test_bad_top_k_attribute_is_a_client_error(handler):
+    answers, context = run(handler, [jpeg()], [{"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=all"}])
+    assert context.status[0][0] == 400 and "top_k" in answers[0]["message"]
+
+
+def test_top_k_is_capped_at_the_number_of_classes(handler):
+    answers, _ = run(handler, [jpeg()], [{"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=50"}])
+    assert len(answers[0]["predictions"][0]) == len(CLASSES)
+
+
+def test_auto_precision_uses_bf16_only_where_it_agrees_with_fp32(model_dir, tmp_path):
+    h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
+    with mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=False):
+        h.initialize(MockContext(model_dir))
+    assert h.autocast is False
+    h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
+    with mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=True):
+        h.initialize(MockContext(model_dir))
+    assert h.autocast is True  # a small ResNet agrees within the tolerance
+    # a network whose bf16 answers drift is kept in fp32
+    with mock.patch.object(handler_module, "MAX_PROBABILITY_GAP", 0.0), \
+            mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=True):
+        h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
+        h.initialize(MockContext(model_dir))
+    assert h.autocast is False
+
+
+def test_inference_runs_channels_last_without_autograd(handler):
+    pixels = torch.randn(2, 3, 40, 40)
+    seen = {}
+
+    def hook(module, args, output):
+        seen["channels_last"] = args[0].is_contiguous(memory_format=torch.channels_last)
+        seen["inference_mode"] = torch.is_inference_mode_enabled()
+
+    handle = handler.model.conv1.register_forward_hook(hook)
+    try:
+        probs = handler.inference(pixels)
+    finally:
+        handle.remove()
+    assert seen == {"channels_last": True, "inference_mode": True}
+    assert probs.shape == (2, len(CLASSES)) and torch.allclose(probs.sum(1), torch.ones(2))
+
+
+def test_pixel_limit_comes_from_the_environment(model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+    h = ImageClassifierHandler(environment(tmp_path, precision="fp32", max_image_pixels=1000))
+    h.initialize(MockContext(model_dir))
+    answers, context = run(h, [encode(Image.new("RGB", (50, 50)), "PNG")], [{"Content-Type": "image/png"}])
+    assert context.status[0][0] == 413 and "decompression bomb" in answers[0]["message"]
