@@ -30,6 +30,9 @@ IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "not applying defaults from ..."
+    # v2 is chosen on purpose (README: the launcher): say so once there, not on every command
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     args = get_args_parser().parse_args(argv)
     start = time.perf_counter()
     try:
@@ -221,7 +224,6 @@ _HP_DESTS: dict[str, str] = {}  # hyperparameter name -> argparse dest, filled b
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .training import hyperparameter_names
     from ..train import get_args_parser as training_parser
 
     common = argparse.ArgumentParser(add_help=False)
@@ -263,11 +265,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     res.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity, run time included")
     res.add_argument("--no-wait", action="store_true", help="start the job and return")
     hps = job.add_argument_group("hyperparameters (sent to the job; defaults are the image's)")
-    training_actions = {a.option_strings[0][2:]: a for a in training_parser()._actions if a.option_strings}
-    for name in hyperparameter_names():
-        dest = "hp_" + name.replace("-", "_")
-        _HP_DESTS[name] = dest
-        hps.add_argument(f"--{name}", dest=dest, metavar="VALUE", help=training_actions[name].help)
+    for action in training_parser()._actions:  # the training job's own flags, checked by its parser
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = action.option_strings[0][2:]
+        _HP_DESTS[name] = "hp_" + action.dest
+        hps.add_argument(f"--{name}", dest=_HP_DESTS[name], metavar="VALUE", help=action.help)
 
     p = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
