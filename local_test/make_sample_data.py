@@ -7,6 +7,7 @@ holding its four idx .gz files. The images are saved as JPEG, upscaled so that t
 the same decode/resize path as photos:
 
     python local_test/make_sample_data.py OUT --per-class 200 --classes 10 --size 64
+    python local_test/make_sample_data.py OUT --per-class 40 --names trouser,sneaker,bag,dress
 """
 from __future__ import annotations
 
@@ -31,15 +32,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def write_sample(out: Path, *, per_class: int, num_classes: int = 10, size: int = 64,
-                 source: Path = DEFAULT_SOURCE, seed: int = 0) -> dict[str, int]:
-    """`per_class` images of each of the first `num_classes` classes, split 70/15/15; counts per split."""
+                 source: Path = DEFAULT_SOURCE, seed: int = 0, names: list[str] | None = None) -> dict[str, int]:
+    """`per_class` images of each class in `names` (default: the first `num_classes`), split
+    70/15/15; counts per split."""
+    unknown = sorted(set(names or ()) - set(CLASSES))
+    if unknown:
+        raise SystemExit(f"unknown class {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
+    wanted = [CLASSES.index(n) for n in names] if names else range(num_classes)
     if not (source / "train-images-idx3-ubyte.gz").is_file():
         raise SystemExit(f"Fashion-MNIST not found in {source}: apt-get install dataset-fashion-mnist")
     images = read_idx(source / "train-images-idx3-ubyte.gz")
     labels = read_idx(source / "train-labels-idx1-ubyte.gz")
     rng = np.random.default_rng(seed)
     counts = dict.fromkeys(SPLITS, 0)
-    for label in range(num_classes):
+    for label in wanted:
         chosen = rng.permutation(np.flatnonzero(labels == label))[:per_class]
         n_train = round(len(chosen) * SPLITS["train"])
         n_valid = round(len(chosen) * SPLITS["valid"])
@@ -60,12 +66,14 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--per-class", type=int, default=200)
     p.add_argument("--classes", type=int, default=10, choices=range(2, 11), metavar="2..10")
+    p.add_argument("--names", type=lambda s: s.split(","), default=None,
+                   help=f"comma-separated class names instead of the first --classes ({','.join(CLASSES)})")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     counts = write_sample(a.out, per_class=a.per_class, num_classes=a.classes, size=a.size, source=a.source,
-                          seed=a.seed)
+                          seed=a.seed, names=a.names)
     print(" ".join(f"{k}={v}" for k, v in counts.items()), "images in", a.out)
 
 

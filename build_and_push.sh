@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Builds the image and pushes it to Amazon ECR (or to any registry with --registry).
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: ./build_and_push.sh [OPTION...] [IMAGE_NAME] [TAG]
+
+Builds docker/Dockerfile and pushes it as IMAGE_NAME:TAG (default imgclf:latest) to the Amazon
+ECR registry of the account whose credentials are in use, creating the repository if missing.
+
+Options:
+  --region REGION      AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's
+                       region, else us-west-2)
+  --profile PROFILE    AWS named profile
+  --platform PLATFORM  platform to build for, e.g. linux/amd64
+  --registry HOST      push to this registry (HOST[:PORT][/PATH]) instead of ECR; no AWS calls
+                       (log in first with docker login HOST if it needs credentials)
+  --dry-run            print the commands instead of running them; AWS is only read (account,
+                       repository), nothing is created, built or pushed
+  -h, --help           this help
+
+Environment: BASE_IMAGE and DOCKER_BUILD_ARGS are passed to docker build when set.
+USAGE
+}
+
+die() { echo "build_and_push.sh: $*" >&2; exit 1; }
+
+region="" profile="" platform="" registry="" dry_run=false positional=()
+while (($#)); do
+  case "$1" in
+    --region) region=${2:?--region needs a value}; shift 2 ;;
+    --profile) profile=${2:?--profile needs a value}; shift 2 ;;
+    --platform) platform=${2:?--platform needs a value}; shift 2 ;;
+    --registry) registry=${2:?--registry needs a value}; shift 2 ;;
+    --dry-run) dry_run=true; shift ;;
+    -h | --help) usage; exit 0 ;;
+    -*) usage >&2; die "unknown option $1" ;;
+    *) positional+=("$1"); shift ;;
+  esac
+done
+((${#positional[@]} <= 2)) || { usage >&2; die "too many arguments: ${positional[*]}"; }
+image=${positional[0]:-imgclf}
+tag=${positional[1]:-latest}
+root=$(cd "$(dirname "$0")" && pwd)
+
+# Runs a command, or prints it in a dry run.
+run() {
+  if $dry_run; then printf '+'; printf ' %q' "$@"; printf '\n'; else "$@"; fi
+}
+
+if ! $dry_run; then
+  command -v docker >/dev/null || die "docker not found: install Docker (https://docs.docker.com/engine/install/)"
+  docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info failed): start it, or check DOCKER_HOST"
+fi
+
+if [ -n "$registry" ]; then
+  fullname="${registry%/}/$image:$tag"
+else
+  command -v aws >/dev/null || die "the AWS CLI (aws) not found: install it, or push elsewhere with --registry"
+  aws_opts=()
+  if [ -n "$profile" ]; then aws_opts+=(--profile "$profile"); fi
+  region=${region:-${AWS_REGION:-${AWS_DEFAULT_REGION:-}}}
+  region=${region:-$(aws configure get region ${aws_opts[@]+"${aws_opts[@]}"} 2>/dev/null || true)}
+  region=${region:-us-west-2}
+  aws_opts+=(--region "$region")
+  if ! account=$(aws sts get-caller-identity --query Account --output text ${aws_opts[@]+"${aws_opts[@]}"} 2>&1); then
+    die "no usable AWS credentials (aws sts get-caller-identity: ${account##*$'\n'}); run aws configure, or pass --profile"
+  fi
+  domain=amazonaws.com
+  if [[ $region == cn-* ]]; then domain=amazonaws.com.cn; fi
+  ecr="$account.dkr.ecr.$region.$domain"
+  fullname="$ecr/$image:$tag"
+  echo "account $account, region $region, repository $image"
+
+  if ! aws ecr describe-repositories --repository-names "$image" ${aws_opts[@]+"${aws_opts[@]}"} >/dev/null 2>&1; then
+    if $dry_run; then
+      echo "+ aws ecr create-repository --repository-name $image"
+    else
+      aws ecr create-repository --repository-name "$image" ${aws_opts[@]+"${aws_opts[@]}"} >/dev/null \
+        || die "could not create the ECR repository $image"
+      echo "created the ECR repository $image"
+    fi
+  fi
+  if $dry_run; then
+    echo "+ aws ecr get-login-password ... | docker login --username AWS --password-stdin $ecr"
+  else
+    aws ecr get-login-password ${aws_opts[@]+"${aws_opts[@]}"} | docker login --username AWS --password-stdin "$ecr" \
+      || die "docker login to $ecr failed"
+  fi
+fi
+
+build_opts=()
+if [ -n "$platform" ]; then build_opts+=(--platform "$platform"); fi
+build=("$root/docker/build.sh")
+if $dry_run; then build+=(--print); fi
+"${build[@]}" "$image:$tag" ${build_opts[@]+"${build_opts[@]}"} || die "docker build failed"
+run docker tag "$image:$tag" "$fullname"
+run docker push "$fullname" || die "docker push $fullname failed${registry:+ (log in first with docker login ${registry%%/*}?)}"
+$dry_run || echo "pushed $fullname"

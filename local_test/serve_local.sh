@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Serves test_dir/model on 127.0.0.1:${PORT:-8080} as a SageMaker endpoint would (Ctrl-C stops it):
+#   ./serve_local.sh [IMAGE] [docker run option...]       (default imgclf:latest)
+set -euo pipefail
+cd "$(dirname "$0")"
+image=${1:-imgclf:latest}
+shift || true
+exec docker run --rm -p "127.0.0.1:${PORT:-8080}:8080" -v "$PWD/test_dir:/opt/ml" "$@" "$image" serve

@@ -1,0 +1,213 @@
+"""build_and_push.sh against a real registry on 127.0.0.1 (Debian's docker-registry) and against
+Amazon ECR and STS as moto's server answers them, with dummy credentials.
+
+moto cannot be a registry that `docker login` reaches, so the ECR runs check everything up to the
+login: account and region, the repository created when missing, and a clear failure after that.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+
+from conftest import ROOT, docker_available, require
+
+SCRIPT = ROOT / "build_and_push.sh"
+MOTO_ACCOUNT = "123456789012"  # the account moto's STS answers with
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{what} did not answer on {url}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A Docker registry (distribution v2) on a free port of 127.0.0.1; Docker pushes to it over HTTP."""
+    binary = shutil.which("docker-registry")
+    require(binary is not None, "no docker-registry (apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v2/", proc, "docker-registry")
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def moto(tmp_path):
+    """moto's server on a free port of 127.0.0.1: the AWS endpoint for STS and ECR."""
+    binary = Path(sys.executable).parent / "moto_server"
+    require(binary.exists(), "no moto_server (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def script_env(tmp_path) -> dict[str, str]:
+    """A clean environment: no credentials, an empty AWS and Docker configuration; the build's
+    BASE_IMAGE and DOCKER_BUILD_ARGS kept, so builds hit the layers of the session's image."""
+    (tmp_path / "home").mkdir()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),
+        "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata credentials lookup
+        "DOCKER_CONFIG": str(tmp_path / "docker-config"),  # a login never lands in the user's config
+    }
+    env.update({k: os.environ[k] for k in ("BASE_IMAGE", "DOCKER_BUILD_ARGS", "DOCKER_HOST") if k in os.environ})
+    return env
+
+
+@pytest.fixture
+def aws_env(script_env, moto, tmp_path) -> dict[str, str]:
+    """script_env with dummy credentials in a profile `ci` (region eu-west-1) and moto as AWS."""
+    Path(script_env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+        "[ci]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    Path(script_env["AWS_CONFIG_FILE"]).write_text("[profile ci]\nregion = eu-west-1\n")
+    return {**script_env, "AWS_ENDPOINT_URL": moto}
+
+
+def run_script(env: dict[str, str], *args: str, bash: str = "bash") -> subprocess.CompletedProcess:
+    return subprocess.run([bash, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=1800)
+
+
+def ecr(moto: str, region: str = "eu-west-1"):
+    return boto3.client("ecr", region_name=region, endpoint_url=moto,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def test_help_and_bad_arguments(script_env):
+    assert "Usage: ./build_and_push.sh" in run_script(script_env, "--help").stdout
+    bad = run_script(script_env, "--regoin", "eu-west-1")
+    assert bad.returncode != 0 and "unknown option --regoin" in bad.stderr
+    extra = run_script(script_env, "a", "b", "c")
+    assert extra.returncode != 0 and "too many arguments" in extra.stderr
+
+
+def test_push_to_a_registry(docker_image, registry, script_env):
+    proc = run_script(script_env, "--registry", registry, "imgclf-push", "v1")
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"pushed {registry}/imgclf-push:v1" in proc.stdout
+        assert requests.get(f"http://{registry}/v2/imgclf-push/tags/list", timeout=10).json()["tags"] == ["v1"]
+        # what the registry holds is the image that was built
+        digests = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RepoDigests}}", f"{registry}/imgclf-push:v1"],
+                                 capture_output=True, text=True, check=True).stdout
+        manifest = requests.head(f"http://{registry}/v2/imgclf-push/manifests/v1", timeout=10, headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        assert manifest.headers["Docker-Content-Digest"] in digests
+    finally:
+        subprocess.run(["docker", "rmi", f"{registry}/imgclf-push:v1", "imgclf-push:v1"], capture_output=True)
+
+
+def test_dry_run_prints_and_changes_nothing(registry, script_env):
+    proc = run_script(script_env, "--dry-run", "--platform", "linux/amd64", "--registry", f"{registry}/team",
+                      "imgclf-dry", "v2")
+    assert proc.returncode == 0, proc.stderr
+    assert "+ docker build --network host -t imgclf-dry:v2" in proc.stdout and "--platform linux/amd64" in proc.stdout
+    if script_env.get("BASE_IMAGE"):
+        assert f"BASE_IMAGE={script_env['BASE_IMAGE']}" in proc.stdout
+    assert f"+ docker push {registry}/team/imgclf-dry:v2" in proc.stdout
+    assert requests.get(f"http://{registry}/v2/_catalog", timeout=10).json()["repositories"] == []
+    if docker_available():
+        assert subprocess.run(["docker", "image", "inspect", "imgclf-dry:v2"], capture_output=True).returncode != 0
+
+
+def test_ecr_dry_run_reads_account_and_region(aws_env, moto):
+    require(shutil.which("aws") is not None, "no AWS CLI")
+    proc = run_script(aws_env, "--profile", "ci", "--dry-run", "imgclf-ecr", "v1")
+    assert proc.returncode == 0, proc.stderr
+    registry = f"{MOTO_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com"
+    assert f"account {MOTO_ACCOUNT}, region eu-west-1" in proc.stdout  # region from the profile
+    assert "+ aws ecr create-repository --repository-name imgclf-ecr" in proc.stdout
+    assert f"docker login --username AWS --password-stdin {registry}" in proc.stdout
+    assert f"+ docker push {registry}/imgclf-ecr:v1" in proc.stdout
+    with pytest.raises(ecr(moto).exceptions.RepositoryNotFoundException):
+        ecr(moto).describe_repositories(repositoryNames=["imgclf-ecr"])
+
+    overridden = run_script(aws_env, "--profile", "ci", "--region", "ap-southeast-2", "--dry-run", "imgclf-ecr")
+    assert f"{MOTO_ACCOUNT}.dkr.ecr.ap-southeast-2.amazonaws.com/imgclf-ecr:latest" in overridden.stdout
+    Path(aws_env["AWS_CONFIG_FILE"]).write_text("")  # a profile without a region
+    default = run_script(aws_env, "--profile", "ci", "--dry-run", "imgclf-ecr")
+    assert f"account {MOTO_ACCOUNT}, region us-west-2" in default.stdout
+
+
+def test_ecr_creates_repository_then_logs_in(docker_image, aws_env, moto):
+    """moto's ECR has no registry behind it, so `docker login` is where this run must stop, clearly."""
+    require(shutil.which("aws") is not None, "no AWS CLI")
+    registry = f"{MOTO_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com"
+    for _ in range(2):  # the second run finds the repository and does not create it again
+        proc = run_script(aws_env, "--profile", "ci", "imgclf-ecr", "v1")
+        assert proc.returncode != 0
+        assert f"docker login to {registry} failed" in proc.stderr, proc.stderr
+        assert "+ docker build" not in proc.stdout  # nothing built or pushed after a failed login
+        repositories = ecr(moto).describe_repositories()["repositories"]
+        assert [r["repositoryName"] for r in repositories] == ["imgclf-ecr"]
+
+
+def test_missing_credentials_fail_clearly(script_env):
+    require(docker_available(), "no Docker engine")
+    require(shutil.which("aws") is not None, "no AWS CLI")
+    proc = run_script(script_env, "imgclf-nocreds")
+    assert proc.returncode != 0
+    assert "no usable AWS credentials" in proc.stderr and "aws configure" in proc.stderr
+
+
+def test_missing_docker_fails_clearly(script_env, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("aws", "dirname"):  # everything the script could need before Docker, but Docker
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    proc = run_script({**script_env, "PATH": str(bin_dir)}, "--registry", "127.0.0.1:5000", bash="/bin/bash")
+    assert proc.returncode != 0 and "docker not found" in proc.stderr
+
+    require(shutil.which("docker") is not None, "no docker CLI")
+    no_engine = {**script_env, "DOCKER_HOST": f"unix://{tmp_path / 'no-such.sock'}"}
+    proc = run_script(no_engine, "--registry", "127.0.0.1:5000")
+    assert proc.returncode != 0 and "Docker engine does not answer" in proc.stderr
