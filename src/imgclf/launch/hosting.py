@@ -103,7 +103,8 @@ def transform(target: Target, image_uri: str, model_data: str, data: str, output
     m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"))
     transformer = m.transformer(instance_count=instance_count, instance_type=target.instance_type(instance_type),
                                 output_path=output_path, accept="application/json", strategy="SingleRecord")
-    transformer.transform(data, content_type=ANY_IMAGE, split_type=None, wait=wait, logs=wait)
+    # Local mode streams the container's output itself; logs=True would ask CloudWatch for it.
+    transformer.transform(data, content_type=ANY_IMAGE, split_type=None, wait=wait, logs=wait and not target.local)
     return transformer.output_path
 
 

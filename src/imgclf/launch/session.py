@@ -50,6 +50,7 @@ def local_target(container_root: Path | None = None, serving_port: int = 8080) -
                                  region_name=LOCAL_REGION)
     session = LocalSession(boto_session=boto_session, sagemaker_config=SDK_CONFIG)
     root = Path(container_root or tempfile.gettempdir()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
     session.config = {"local": {"local_code": True, "container_root": str(root), "serving_port": serving_port}}
     return Target(session, LOCAL_ROLE)
 

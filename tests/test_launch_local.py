@@ -1,0 +1,102 @@
+"""The launcher against the real image in SageMaker local mode (SDK v2, Docker Compose), no AWS account:
+train on two containers (torch.distributed over gloo), deploy, invoke with a JPEG, delete, and a
+batch transform. Tiny on purpose: resnet18 from scratch, 32-pixel crops, one epoch."""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from conftest import make_image_folder, require
+from imgclf.launch import datasets, hosting, session, training
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+CLASSES = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
+HYPERPARAMETERS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "image-size": 32, "batch-size": 4,
+                   "num-workers": 0}
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def running_under(root) -> list[str]:
+    """Running containers that local mode started from a compose file under `root` (this test's only)."""
+    out = subprocess.run(["docker", "ps", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'],
+                         capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in out.stdout.splitlines() if f" {root}/" in line]
+
+
+@pytest.fixture
+def timings(capsys):
+    """Seconds per step, printed past pytest's capture at the end of the test."""
+    steps: dict[str, float] = {}
+    yield steps
+    with capsys.disabled():
+        print("\nlocal mode: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()))
+
+
+@contextlib.contextmanager
+def timed(steps: dict, name: str):
+    start = time.perf_counter()
+    yield
+    steps[name] = time.perf_counter() - start
+
+
+def test_train_two_instances_deploy_invoke_delete_transform(docker_image, tmp_path, capsys, timings):
+    require(shutil.which("docker-compose") is not None, "no docker-compose for SageMaker local mode")
+    for split, n, seed in (("train", 6, 0), ("valid", 2, 1), ("test", 2, 2)):
+        make_image_folder(tmp_path / "data" / split, per_class=n, size=(40, 40), seed=seed, classes=CLASSES)
+    target = session.local_target(tmp_path / "sagemaker", serving_port=free_port())
+    inputs = datasets.channels(datasets.local_uri(tmp_path / "data"), datasets.check_layout(tmp_path / "data"))
+
+    spec = training.JobSpec(docker_image, HYPERPARAMETERS, instance_count=2,
+                            output_path=(tmp_path / "output").as_uri())
+    with timed(timings, "train (2 containers)"):
+        model_data = training.train(training.estimator(spec, target), inputs)
+    log = capsys.readouterr().out
+    assert "rank 0 of 2 (gloo)" in log and "rank 1 of 2 (gloo)" in log, log[-3000:]
+    assert "valid_acc=" in log and "test_acc=" in log
+    assert model_data.startswith("file://")
+    with tarfile.open(model_data.removeprefix("file://")) as tar:
+        assert {"model.pt", "model.json"} <= set(tar.getnames())
+
+    endpoint = "imgclf-local-test"
+    try:
+        with timed(timings, "deploy"):
+            pred = hosting.deploy(target, docker_image, model_data, endpoint_name=endpoint)
+        assert running_under(tmp_path), "the endpoint's container should be running"
+        photo = tmp_path / "data" / "test" / "red" / "0.jpg"
+        with timed(timings, "invoke"):
+            answer = hosting.invoke(pred, photo, top_k=2)
+        (top,) = answer["predictions"]
+        assert len(top) == 2 and {p["label"] for p in top} <= set(CLASSES)
+        assert top[0]["probability"] >= top[1]["probability"] > 0
+        assert len(hosting.invoke(pred, photo, top_k=3)["predictions"][0]) == 3
+    finally:
+        with timed(timings, "delete"):
+            deleted = hosting.delete(target, endpoint)
+    assert deleted["endpoint"] == [endpoint] and deleted["model"] == [endpoint]
+    assert running_under(tmp_path) == []
+
+    batch = tmp_path / "batch"  # local mode transforms the files of one folder, not its subfolders
+    batch.mkdir()
+    for image in sorted((tmp_path / "data" / "test").rglob("*.jpg")):
+        shutil.copy(image, batch / f"{image.parent.name}-{image.name}")
+    with timed(timings, "transform"):
+        out = hosting.transform(target, docker_image, model_data, datasets.local_uri(batch),
+                                (tmp_path / "predictions").as_uri())
+    answers = sorted((tmp_path / "predictions").rglob("*.out"))
+    assert out == (tmp_path / "predictions").as_uri()
+    assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
+    assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in CLASSES for a in answers)
+    assert running_under(tmp_path) == []
