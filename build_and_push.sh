@@ -16,6 +16,7 @@ Options:
   --platform PLATFORM  platform to build for, e.g. linux/amd64
   --registry HOST      push to this registry (HOST[:PORT][/PATH]) instead of ECR; no AWS calls
                        (log in first with docker login HOST if it needs credentials)
+  --no-build           push IMAGE_NAME:TAG as already built (the image a CI job has tested)
   --dry-run            print the commands instead of running them; AWS is only read (account,
                        repository), nothing is created, built or pushed
   -h, --help           this help
@@ -26,13 +27,14 @@ USAGE
 
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
-region="" profile="" platform="" registry="" dry_run=false positional=()
+region="" profile="" platform="" registry="" build=true dry_run=false positional=()
 while (($#)); do
   case "$1" in
     --region) region=${2:?--region needs a value}; shift 2 ;;
     --profile) profile=${2:?--profile needs a value}; shift 2 ;;
     --platform) platform=${2:?--platform needs a value}; shift 2 ;;
     --registry) registry=${2:?--registry needs a value}; shift 2 ;;
+    --no-build) build=false; shift ;;
     --dry-run) dry_run=true; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) usage >&2; die "unknown option $1" ;;
@@ -52,6 +54,9 @@ run() {
 if ! $dry_run; then
   command -v docker >/dev/null || die "docker not found: install Docker (https://docs.docker.com/engine/install/)"
   docker info >/dev/null 2>&1 || die "the Docker engine does not answer (docker info failed): start it, or check DOCKER_HOST"
+  if ! $build; then
+    docker image inspect "$image:$tag" >/dev/null 2>&1 || die "--no-build: there is no local image $image:$tag"
+  fi
 fi
 
 if [ -n "$registry" ]; then
@@ -90,11 +95,13 @@ else
   fi
 fi
 
-build_opts=()
-if [ -n "$platform" ]; then build_opts+=(--platform "$platform"); fi
-build=("$root/docker/build.sh")
-if $dry_run; then build+=(--print); fi
-"${build[@]}" "$image:$tag" ${build_opts[@]+"${build_opts[@]}"} || die "docker build failed"
+if $build; then
+  build_cmd=("$root/docker/build.sh")
+  if $dry_run; then build_cmd+=(--print); fi
+  build_cmd+=("$image:$tag")
+  if [ -n "$platform" ]; then build_cmd+=(--platform "$platform"); fi
+  "${build_cmd[@]}" || die "docker build failed"
+fi
 run docker tag "$image:$tag" "$fullname"
 run docker push "$fullname" || die "docker push $fullname failed${registry:+ (log in first with docker login ${registry%%/*}?)}"
 $dry_run || echo "pushed $fullname"

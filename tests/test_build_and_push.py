@@ -129,20 +129,52 @@ def test_help_and_bad_arguments(script_env):
     assert extra.returncode != 0 and "too many arguments" in extra.stderr
 
 
-def test_push_to_a_registry(docker_image, registry, script_env):
-    proc = run_script(script_env, "--registry", registry, "imgclf-push", "v1")
+@pytest.fixture
+def small_image(tmp_path):
+    """A one-file image to push: a registry round trip of the product image (6 GB) would dominate CI."""
+    require(docker_available(), "no Docker engine")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "hello.txt").write_text(f"pushed by {__name__}\n")
+    (tmp_path / "ctx" / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /\n")
+    subprocess.run(["docker", "build", "-q", "-t", "imgclf-push:v1", str(tmp_path / "ctx")], check=True,
+                   capture_output=True)
+    yield "imgclf-push", "v1"
+    subprocess.run(["docker", "rmi", "imgclf-push:v1"], capture_output=True)
+
+
+def test_push_to_a_registry(registry, script_env, small_image):
+    name, tag = small_image
+    proc = run_script(script_env, "--no-build", "--registry", registry, name, tag)
     try:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert f"pushed {registry}/imgclf-push:v1" in proc.stdout
-        assert requests.get(f"http://{registry}/v2/imgclf-push/tags/list", timeout=10).json()["tags"] == ["v1"]
-        # what the registry holds is the image that was built
-        digests = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RepoDigests}}", f"{registry}/imgclf-push:v1"],
+        assert f"pushed {registry}/{name}:{tag}" in proc.stdout
+        assert requests.get(f"http://{registry}/v2/{name}/tags/list", timeout=10).json()["tags"] == [tag]
+        # what the registry holds is the local image
+        digests = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RepoDigests}}", f"{registry}/{name}:{tag}"],
                                  capture_output=True, text=True, check=True).stdout
-        manifest = requests.head(f"http://{registry}/v2/imgclf-push/manifests/v1", timeout=10, headers={
+        manifest = requests.head(f"http://{registry}/v2/{name}/manifests/{tag}", timeout=10, headers={
             "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
         assert manifest.headers["Docker-Content-Digest"] in digests
     finally:
-        subprocess.run(["docker", "rmi", f"{registry}/imgclf-push:v1", "imgclf-push:v1"], capture_output=True)
+        subprocess.run(["docker", "rmi", f"{registry}/{name}:{tag}"], capture_output=True)
+
+    missing = run_script(script_env, "--no-build", "--registry", registry, name, "no-such-tag")
+    assert missing.returncode != 0 and f"no local image {name}:no-such-tag" in missing.stderr
+
+
+def test_build_then_push_to_an_unreachable_registry(docker_image, script_env):
+    """The script builds the product image (from the session's cached layers), tags it, and says
+    clearly that the push failed."""
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    proc = run_script(script_env, "--registry", nowhere, "imgclf-build", "v0")
+    try:
+        assert proc.returncode != 0
+        assert f"docker push {nowhere}/imgclf-build:v0 failed" in proc.stderr, proc.stderr[-3000:]
+        ids = [subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True,
+                              check=True).stdout for ref in (docker_image, "imgclf-build:v0", f"{nowhere}/imgclf-build:v0")]
+        assert ids[0] == ids[1] == ids[2]  # the image the tests ran is the one it would push
+    finally:
+        subprocess.run(["docker", "rmi", "imgclf-build:v0", f"{nowhere}/imgclf-build:v0"], capture_output=True)
 
 
 def test_dry_run_prints_and_changes_nothing(registry, script_env):
@@ -177,8 +209,9 @@ def test_ecr_dry_run_reads_account_and_region(aws_env, moto):
     assert f"account {MOTO_ACCOUNT}, region us-west-2" in default.stdout
 
 
-def test_ecr_creates_repository_then_logs_in(docker_image, aws_env, moto):
+def test_ecr_creates_repository_then_logs_in(aws_env, moto):
     """moto's ECR has no registry behind it, so `docker login` is where this run must stop, clearly."""
+    require(docker_available(), "no Docker engine")
     require(shutil.which("aws") is not None, "no AWS CLI")
     registry = f"{MOTO_ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com"
     for _ in range(2):  # the second run finds the repository and does not create it again
