@@ -6,6 +6,7 @@ login: account and region, the repository created when missing, and a clear fail
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -116,6 +117,12 @@ def run_script(env: dict[str, str], *args: str, bash: str = "bash") -> subproces
     return subprocess.run([bash, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=1800)
 
 
+def image_layers(ref: str) -> list[str]:
+    out = subprocess.run(["docker", "image", "inspect", "-f", "{{json .RootFS.Layers}}", ref], capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)
+
+
 def ecr(moto: str, region: str = "eu-west-1"):
     return boto3.client("ecr", region_name=region, endpoint_url=moto,
                         aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -170,9 +177,10 @@ def test_build_then_push_to_an_unreachable_registry(docker_image, script_env):
     try:
         assert proc.returncode != 0
         assert f"docker push {nowhere}/imgclf-build:v0 failed" in proc.stderr, proc.stderr[-3000:]
-        ids = [subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", ref], capture_output=True, text=True,
-                              check=True).stdout for ref in (docker_image, "imgclf-build:v0", f"{nowhere}/imgclf-build:v0")]
-        assert ids[0] == ids[1] == ids[2]  # the image the tests ran is the one it would push
+        session, built, tagged = (image_layers(ref) for ref in (docker_image, "imgclf-build:v0", f"{nowhere}/imgclf-build:v0"))
+        assert built == tagged
+        # the same Dockerfile and arguments: every layer up to the package's own three is shared
+        assert built[:-3] == session[:-3] and len(built) == len(session)
     finally:
         subprocess.run(["docker", "rmi", "imgclf-build:v0", f"{nowhere}/imgclf-build:v0"], capture_output=True)
 
