@@ -12,18 +12,20 @@ import os
 import shlex
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import requests
 import torch
+import torchvision
 
-from conftest import make_image_folder
-from imgclf.model import load_artifact
+from conftest import ROOT, make_image_folder
+from imgclf.model import create_model, find_imagenet_weights, load_artifact, load_backbone
 
-pytestmark = pytest.mark.docker
 
 CLASSES = ["blue", "green", "red"]
 TINY_JOB = {"arch": "resnet18", "pretrained": "false", "epochs": "1", "image-size": "32", "batch-size": "8",
@@ -82,6 +84,7 @@ def trained(docker_image, tmp_path_factory) -> tuple[Path, subprocess.CompletedP
     return ml, run_image(docker_image, ml, "train")
 
 
+@pytest.mark.docker
 def test_train_writes_model_artifact(trained):
     ml, proc = trained
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -93,6 +96,7 @@ def test_train_writes_model_artifact(trained):
     assert [m["epoch"] for m in json.loads((ml / "output" / "data" / "metrics.json").read_text()) if "epoch" in m] == [1]
 
 
+@pytest.mark.docker
 @pytest.mark.parametrize("hyperparameters, channels, reason", [
     ({**TINY_JOB, "epoch": "3"}, ("training",), "ClientError: unknown hyperparameters: epoch"),
     (TINY_JOB, ("validation",), "ClientError: no training channel"),
@@ -105,6 +109,7 @@ def test_broken_job_writes_failure_file(docker_image, tmp_path, hyperparameters,
     assert not (ml / "model" / "model.pt").exists()
 
 
+@pytest.mark.docker
 def test_sigterm_checkpoints_and_rerun_resumes(docker_image, tmp_path, container_name):
     ml = job_dir(tmp_path, {**TINY_JOB, "epochs": "1000"})
     checkpoint = ml / "checkpoints" / "checkpoint.pt"
@@ -151,6 +156,7 @@ def wait_for_ping(url: str, name: str) -> requests.Response:
     pytest.fail(f"no 200 on {url} within {START_TIMEOUT_S} s")
 
 
+@pytest.mark.docker
 def test_serve_answers_predictions(docker_image, trained, container_name):
     ml, proc = trained
     assert proc.returncode == 0
@@ -177,6 +183,7 @@ def test_serve_answers_predictions(docker_image, trained, container_name):
     assert exit_code(container_name) != 137, "the server ignored SIGTERM and was killed"
 
 
+@pytest.mark.docker
 def test_image_metadata_and_contents(docker_image):
     config = json.loads(subprocess.run(["docker", "image", "inspect", docker_image], capture_output=True, text=True,
                                        check=True).stdout)[0]["Config"]
@@ -198,6 +205,31 @@ def test_image_metadata_and_contents(docker_image):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.docker
 def test_entry_without_command_prints_usage(docker_image):
     proc = subprocess.run(["docker", "run", "--rm", docker_image], capture_output=True, text=True)
     assert proc.returncode != 0 and "train|serve" in proc.stderr
+
+
+def test_fetch_weights_saves_what_training_finds(tmp_path, monkeypatch):
+    """docker/fetch_weights.py (--build-arg PRETRAINED_ARCHS) writes torchvision's ImageNet weights
+    where training looks for them. torchvision's download cache is filled first: nothing is downloaded."""
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    imagenet = torchvision.models.resnet18().state_dict()  # stands in for the downloaded file
+    torch.save(imagenet, cache / Path(urlparse(weights.url).path).name)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch")}
+    fetch = [sys.executable, str(ROOT / "docker" / "fetch_weights.py"), str(tmp_path / "weights")]
+    proc = subprocess.run(fetch + ["resnet18"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    monkeypatch.setenv("IMGCLF_WEIGHTS_DIR", str(tmp_path / "weights"))
+    found = find_imagenet_weights("resnet18", None)
+    assert found == tmp_path / "weights" / "resnet18.pth"
+    model = create_model("resnet18", len(CLASSES))
+    load_backbone(model, found)
+    assert torch.equal(model.conv1.weight, imagenet["conv1.weight"])
+
+    unknown = subprocess.run(fetch + ["efficientnet_lite0"], env=env, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "PRETRAINED_ARCHS" in unknown.stderr
