@@ -3,7 +3,8 @@
 `docker run IMAGE train` on an /opt/ml tree, `docker run IMAGE serve` on the model it wrote, a
 broken job, and `docker stop` (SIGTERM, as on a spot interruption) during training followed by a
 rerun that resumes. The image is built once per session (the `docker_image` fixture); the jobs are
-tiny: resnet18 from random weights on 32-pixel images.
+tiny: resnet18 from random weights on 32-pixel images. Last, the build step that bakes in
+ImageNet weights (docker/fetch_weights.py), run here without Docker.
 """
 from __future__ import annotations
 
