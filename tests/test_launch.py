@@ -311,7 +311,7 @@ def test_serverless_memory_must_be_a_supported_size():
 def test_deploy_real_time_and_serverless_on_aws(aws):
     client = aws.session.sagemaker_client
     pred = hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", instance_type="ml.c5.xlarge", instance_count=2,
-                          endpoint_name="real-time")
+                          endpoint_name="real-time", wait=False)
     variant = client.describe_endpoint_config(EndpointConfigName="real-time")["ProductionVariants"][0]
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.c5.xlarge", 2)
     model = client.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
@@ -319,13 +319,13 @@ def test_deploy_real_time_and_serverless_on_aws(aws):
     assert pred.endpoint_name == "real-time"
 
     hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="serverless",
-                   serverless=hosting.serverless_config(3072, 2))
+                   serverless=hosting.serverless_config(3072, 2), wait=False)
     variant = client.describe_endpoint_config(EndpointConfigName="serverless")["ProductionVariants"][0]
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 2}
 
 
 def test_deploy_multi_model_on_aws(aws):
-    hosting.deploy_multi_model(aws, IMAGE, "s3://out/models/", endpoint_name="mme")
+    hosting.deploy_multi_model(aws, IMAGE, "s3://out/models/", endpoint_name="mme", wait=False)
     client = aws.session.sagemaker_client
     variant = client.describe_endpoint_config(EndpointConfigName="mme")["ProductionVariants"][0]
     container = client.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]
@@ -334,8 +334,8 @@ def test_deploy_multi_model_on_aws(aws):
 
 def test_delete_removes_endpoint_config_and_model(aws):
     client = aws.session.sagemaker_client
-    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="to-delete")
-    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="to-keep")
+    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="to-delete", wait=False)
+    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="to-keep", wait=False)
     deleted = hosting.delete(aws, "to-delete")
     assert deleted == {"endpoint": ["to-delete"], "endpoint_config": ["to-delete"], "model": ["to-delete"]}
     assert [e["EndpointName"] for e in client.list_endpoints()["Endpoints"]] == ["to-keep"]

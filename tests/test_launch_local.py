@@ -10,11 +10,13 @@ import socket
 import subprocess
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import make_image_folder, require
-from imgclf.launch import datasets, hosting, session, training
+from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
+from imgclf.launch import cli, datasets, hosting, session
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -52,21 +54,28 @@ def timed(steps: dict, name: str):
     steps[name] = time.perf_counter() - start
 
 
-def test_train_two_instances_deploy_invoke_delete_transform(docker_image, tmp_path, capsys, timings):
+@pytest.fixture
+def data(tmp_path, monkeypatch) -> Path:
     require(shutil.which("docker-compose") is not None, "no docker-compose for SageMaker local mode")
+    monkeypatch.delenv("SAGEMAKER_SUPPRESS_V2_WARNING", raising=False)  # restored after cli.main sets it
     for split, n, seed in (("train", 6, 0), ("valid", 2, 1), ("test", 2, 2)):
         make_image_folder(tmp_path / "data" / split, per_class=n, size=(40, 40), seed=seed, classes=CLASSES)
-    target = session.local_target(tmp_path / "sagemaker", serving_port=free_port())
-    inputs = datasets.channels(datasets.local_uri(tmp_path / "data"), datasets.check_layout(tmp_path / "data"))
+    return tmp_path / "data"
 
-    spec = training.JobSpec(docker_image, HYPERPARAMETERS, instance_count=2,
-                            output_path=(tmp_path / "output").as_uri())
+
+def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, tmp_path, capsys, timings):
+    target = session.local_target(tmp_path / "sagemaker", serving_port=free_port())
+
+    # training through the command line, as a user runs it
+    hyperparameters = [a for k, v in HYPERPARAMETERS.items() for a in (f"--{k}", str(v).lower())]
     with timed(timings, "train (2 containers)"):
-        model_data = training.train(training.estimator(spec, target), inputs)
+        cli.main(["train", "--local", "--image-uri", docker_image, "--data", str(data),
+                  "--instance-count", "2", "--local-root", str(tmp_path / "sagemaker"), *hyperparameters])
     log = capsys.readouterr().out
+    (model_data,) = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("model artifact: ")]
     assert "rank 0 of 2 (gloo)" in log and "rank 1 of 2 (gloo)" in log, log[-3000:]
     assert "valid_acc=" in log and "test_acc=" in log
-    assert model_data.startswith("file://")
+    assert model_data.startswith((tmp_path / "sagemaker" / "imgclf-output" / "imgclf-").as_uri())  # a folder per job
     with tarfile.open(model_data.removeprefix("file://")) as tar:
         assert {"model.pt", "model.json"} <= set(tar.getnames())
 
@@ -100,3 +109,18 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, tmp_pa
     assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
     assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in CLASSES for a in answers)
     assert running_under(tmp_path) == []
+
+
+def test_tune_runs_trials_in_turn_and_shows_the_best(docker_image, data, tmp_path, capsys, timings):
+    hyperparameters = [a for k, v in HYPERPARAMETERS.items() if k != "batch-size" for a in (f"--{k}", str(v).lower())]
+    with timed(timings, "tune (2 trials)"):
+        cli.main(["tune", "--local", "--image-uri", docker_image, "--data", str(data), "--max-jobs", "2",
+                  "--local-root", str(tmp_path / "sagemaker"), *hyperparameters])
+    out = capsys.readouterr().out
+    trials = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert len(trials) == 2 and all(f"{OBJECTIVE_METRIC}=" in t and "=None" not in t for t in trials), trials
+    (form,) = [line for line in out.splitlines() if line.startswith("estimator.set_hyperparameters(**")]
+    best = json.loads(form.removeprefix("estimator.set_hyperparameters(**").removesuffix(")"))
+    assert SEARCH_SPACE["lr"].low <= best["lr"] <= SEARCH_SPACE["lr"].high
+    assert best["batch-size"] in SEARCH_SPACE["batch-size"].values
+    assert (best["arch"], best["pretrained"], best["epochs"]) == ("resnet18", False, 1)

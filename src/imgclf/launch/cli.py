@@ -19,7 +19,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +32,9 @@ IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("sagemaker.config").setLevel(logging.WARNING)  # "not applying defaults from ..."
+    # "not applying defaults from ...", and "will collect telemetry" printed even when opted out
+    for noisy in ("sagemaker.config", "sagemaker.telemetry.telemetry_logging"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     # v2 is chosen on purpose (README: the launcher): say so once there, not on every command
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     args = get_args_parser().parse_args(argv)
@@ -114,16 +118,16 @@ def cmd_deploy(args) -> None:
         pred = hosting.deploy(target, image_uri, _model_data(args, target), instance_type=args.instance_type,
                               instance_count=args.instance_count, endpoint_name=args.endpoint_name,
                               serverless=serverless)
-    print(f"endpoint: {pred.endpoint_name}")
+    print(f"endpoint: {pred.endpoint_name}", flush=True)
     if target.local:
         # A local endpoint is a container owned by this process: serve until interrupted, then clean up.
         print(f"serving on http://localhost:{args.serving_port}/invocations; "
-              f"`imgclf invoke --local {pred.endpoint_name} IMAGE` in another shell; Ctrl-C deletes it")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print(f"deleted {hosting.delete(target, pred.endpoint_name)}")
+              f"`imgclf invoke --local {pred.endpoint_name} IMAGE` in another shell; Ctrl-C deletes it", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
+        print(f"deleted {hosting.delete(target, pred.endpoint_name)}")
 
 
 def cmd_invoke(args) -> None:

@@ -44,30 +44,34 @@ def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferen
 
 def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: str = "ml.m5.large",
            instance_count: int = 1, endpoint_name: str | None = None,
-           serverless: ServerlessInferenceConfig | None = None, env: dict[str, str] | None = None) -> Predictor:
-    """A real-time endpoint (or a serverless one with `serverless`) for one model artifact."""
+           serverless: ServerlessInferenceConfig | None = None, env: dict[str, str] | None = None,
+           wait: bool = True) -> Predictor:
+    """A real-time endpoint (or a serverless one with `serverless`) for one model artifact.
+
+    With `wait`, returns once the endpoint is in service (minutes on SageMaker)."""
     if serverless is not None and target.local:
         raise UserError("serverless endpoints need SageMaker: leave the serverless option out in local mode")
     endpoint_name = endpoint_name or name_from_base(BASE_NAME)
     m = model(target, image_uri, model_data, name=endpoint_name, env=env)
     if serverless is not None:
-        m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless)
+        m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless, wait=wait)
     else:
         m.deploy(initial_instance_count=instance_count, instance_type=target.instance_type(instance_type),
-                 endpoint_name=endpoint_name)
+                 endpoint_name=endpoint_name, wait=wait)
     return predictor(target, endpoint_name)
 
 
 def deploy_multi_model(target: Target, image_uri: str, model_data_prefix: str, *, instance_type: str = "ml.m5.large",
                        instance_count: int = 1, endpoint_name: str | None = None,
-                       env: dict[str, str] | None = None) -> Predictor:
+                       env: dict[str, str] | None = None, wait: bool = True) -> Predictor:
     """A multi-model endpoint over every model.tar.gz under `model_data_prefix` (an S3 prefix)."""
     if target.local:
         raise UserError("multi-model endpoints load models from S3: they need SageMaker, not local mode")
     endpoint_name = endpoint_name or name_from_base(BASE_NAME + "-mme")
     mdm = MultiDataModel(name=endpoint_name, model_data_prefix=model_data_prefix, image_uri=image_uri,
                          role=target.role, env=env, sagemaker_session=target.session)
-    mdm.deploy(initial_instance_count=instance_count, instance_type=instance_type, endpoint_name=endpoint_name)
+    mdm.deploy(initial_instance_count=instance_count, instance_type=instance_type, endpoint_name=endpoint_name,
+               wait=wait)
     return predictor(target, endpoint_name)
 
 

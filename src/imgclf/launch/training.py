@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sagemaker.estimator import Estimator
+from sagemaker.utils import name_from_base
 
 from ..contract import UserError
 from ..metrics import metric_definitions
@@ -87,5 +88,10 @@ def train(est: Estimator, inputs: dict[str, str], *, wait: bool = True, job_name
     """
     if "training" not in inputs:
         raise UserError("no training channel: give a data root with train/ or a training URI")
+    job_name = job_name or name_from_base(est.base_job_name or BASE_JOB_NAME)
+    if est.output_path and est.output_path.startswith("file://"):
+        # Local mode puts model.tar.gz straight into a file:// output path, not under the job's
+        # name as SageMaker does on S3: a folder per job keeps the next job from overwriting it.
+        est.output_path = f"{est.output_path.rstrip('/')}/{job_name}"
     est.fit(inputs, wait=wait, logs="All" if wait else "None", job_name=job_name)
     return est.model_data if wait else est.latest_training_job.name

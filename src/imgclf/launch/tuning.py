@@ -23,7 +23,7 @@ from ..contract import RESERVED_PREFIXES, UserError
 from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, Categorical, Continuous
 from ..metrics import metric_definitions
 from .session import Target
-from .training import JobSpec, estimator, train
+from .training import JobSpec, check_hyperparameters, estimator, train
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 
@@ -170,7 +170,8 @@ def local_search(spec: JobSpec, target: Target, inputs: dict[str, str], *, max_j
         objective = last_metric(log.getvalue())
         print(f"trial {trial}/{max_jobs} {est.latest_training_job.name}: {point} {OBJECTIVE_METRIC}={objective}")
         if objective is not None:
-            trials.append(Best(est.latest_training_job.name, objective, dict(trial_spec.hyperparameters)))
+            typed = decode_hyperparameters(check_hyperparameters(trial_spec.hyperparameters))
+            trials.append(Best(est.latest_training_job.name, objective, typed))
     if not trials:
         raise UserError(f"no trial reported {OBJECTIVE_METRIC}")
     pick = max if OBJECTIVE_TYPE == "Maximize" else min
