@@ -90,8 +90,8 @@ else
   if $dry_run; then
     echo "+ aws ecr get-login-password ... | docker login --username AWS --password-stdin $ecr"
   else
-    aws ecr get-login-password ${aws_opts[@]+"${aws_opts[@]}"} | docker login --username AWS --password-stdin "$ecr" \
-      || die "docker login to $ecr failed"
+    password=$(aws ecr get-login-password ${aws_opts[@]+"${aws_opts[@]}"}) || die "could not get an ECR login password"
+    docker login --username AWS --password-stdin "$ecr" <<<"$password" || die "docker login to $ecr failed"
   fi
 fi
 
