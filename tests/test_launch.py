@@ -77,6 +77,9 @@ def test_aws_target_takes_role_from_environment(aws, monkeypatch):
     target = session.aws_target(region="us-east-1")
     assert not target.local and target.role.endswith("from-env")
     assert target.instance_type("ml.g4dn.xlarge") == "ml.g4dn.xlarge"
+    monkeypatch.delenv(session.ROLE_ENV)
+    with pytest.raises(UserError, match="--role"):  # outside a SageMaker notebook there is no default role
+        session.aws_target(region="us-east-1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,12 +375,26 @@ def test_cli_sends_only_given_hyperparameters(tmp_path, image_folders, monkeypat
                                          datasets.SPLIT_CHANNELS.items()}
 
 
-def test_cli_reports_user_errors_without_traceback(tmp_path, capsys):
+@pytest.fixture
+def cli_env(monkeypatch):
+    monkeypatch.delenv("SAGEMAKER_SUPPRESS_V2_WARNING", raising=False)  # restored after cli.main sets it
+
+
+def test_cli_local_mode_refuses_what_it_cannot_remember(cli_env, tmp_path):
+    with pytest.raises(SystemExit, match="give --model-data"):
+        cli.main(["deploy", "--local", "--image-uri", "imgclf:test", "--training-job", "job",
+                  "--local-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match="a local search prints its best"):
+        cli.main(["tune", "--local", "--best", "tuning-job", "--image-uri", "imgclf:test",
+                  "--local-root", str(tmp_path)])
+
+
+def test_cli_reports_user_errors_without_traceback(cli_env, tmp_path, capsys):
     with pytest.raises(SystemExit, match="no train/ folder"):
         cli.main(["data", "check", str(tmp_path)])
 
 
-def test_cli_data_check_prints_the_splits(image_folders, capsys):
+def test_cli_data_check_prints_the_splits(cli_env, image_folders, capsys):
     cli.main(["data", "check", str(image_folders)])
     assert capsys.readouterr().out.splitlines() == [
         "train: 3 classes, 36 images", "valid: 3 classes, 12 images", "test: 3 classes, 12 images"]

@@ -88,6 +88,8 @@ def cmd_tune(args) -> None:
 
     target = _target(args)
     if args.best:
+        if target.local:
+            raise UserError("--best reads a SageMaker tuning job; a local search prints its best when it ends")
         print(tuning.best(args.best, target).describe())
         return
     spec = _job_spec(args, target)
@@ -219,6 +221,9 @@ def _model_data(args, target) -> str:
     if args.model_data:
         return _local_uri(args.model_data) if target.local else args.model_data
     if args.training_job:
+        if target.local:
+            raise UserError("local jobs are not remembered between commands: give --model-data, the "
+                            "model.tar.gz that `imgclf train --local` printed")
         job = target.session.sagemaker_client.describe_training_job(TrainingJobName=args.training_job)
         return job["ModelArtifacts"]["S3ModelArtifacts"]
     raise UserError("give --model-data (model.tar.gz URI) or --training-job NAME")

@@ -16,6 +16,8 @@ import boto3
 import sagemaker
 from sagemaker.local import LocalSession
 
+from ..contract import UserError
+
 LOCAL_REGION = "us-east-1"
 # Local mode only checks that a role looks like an ARN; nothing assumes it.
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/imgclf-local"
@@ -60,7 +62,10 @@ def aws_target(region: str | None = None, role: str | None = None) -> Target:
     session = sagemaker.Session(boto_session=boto3.Session(region_name=region), sagemaker_config=SDK_CONFIG)
     role = role or os.environ.get(ROLE_ENV)
     if not role:
-        role = sagemaker.get_execution_role(session)  # works inside SageMaker notebooks and Studio
+        try:
+            role = sagemaker.get_execution_role(session)  # works inside SageMaker notebooks and Studio
+        except ValueError as e:
+            raise UserError(f"no execution role: give --role or set ${ROLE_ENV} ({e})") from e
     return Target(session, role)
 
 
