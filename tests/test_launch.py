@@ -70,6 +70,7 @@ def test_local_target_needs_no_aws_configuration(monkeypatch, tmp_path):
     assert target.session.config["local"] == {"local_code": True, "container_root": str(tmp_path.resolve()),
                                               "serving_port": 8123}
     assert target.session.sagemaker_config["SageMaker"]["PythonSDK"]["Modules"]["TelemetryOptOut"] is True
+    assert session.local_target(tmp_path, gpu=True).instance_type("ml.g4dn.xlarge") == "local_gpu"
 
 
 def test_aws_target_takes_role_from_environment(aws, monkeypatch):

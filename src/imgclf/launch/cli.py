@@ -16,7 +16,6 @@ no AWS account. The image comes from --image-uri or $IMGCLF_IMAGE_URI.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -56,7 +55,7 @@ def cmd_data(args) -> None:
     from . import datasets
 
     if args.action == "fetch":
-        root = datasets.fetch(Path(args.path), args.url)
+        root = datasets.fetch(Path(args.path), args.url or datasets.DOG_IMAGES_URL)
         print(f"data set in {root}")
         _print_layout(datasets.check_layout(root))
     elif args.action == "check":
@@ -146,7 +145,8 @@ def cmd_delete(args) -> None:
     from . import hosting
 
     if args.local:
-        raise UserError("a local endpoint lives as long as its `imgclf deploy --local`: stop that (Ctrl-C) to delete it")
+        raise UserError("a local endpoint lives as long as its `imgclf deploy --local`: "
+                        "stop that (Ctrl-C) to delete it")
     print(f"deleted {hosting.delete(_target(args), args.endpoint_name)}")
 
 
@@ -172,7 +172,8 @@ def _target(args):
     from .session import target
 
     return target(args.local, region=args.region, role=args.role,
-                  **({"container_root": args.local_root, "serving_port": args.serving_port} if args.local else {}))
+                  **({"container_root": args.local_root, "serving_port": args.serving_port, "gpu": args.local_gpu}
+                     if args.local else {}))
 
 
 def _image_uri(args) -> str:
@@ -243,6 +244,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     where.add_argument("--role", help="execution role ARN (default: $SAGEMAKER_ROLE, or the notebook's role)")
     where.add_argument("--local-root", help="local mode: folder for the SDK's job folders and default output")
     where.add_argument("--serving-port", type=int, default=8080, help="local mode: port of a local endpoint")
+    where.add_argument("--local-gpu", action="store_true", help="local mode: give the containers this machine's GPUs")
 
     image = argparse.ArgumentParser(add_help=False)
     image.add_argument("--image-uri", help=f"the image (default: ${IMAGE_URI_ENV})")

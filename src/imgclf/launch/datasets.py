@@ -60,7 +60,8 @@ def find_root(folder: Path) -> Path:
     folder = Path(folder)
     if (folder / "train").is_dir():
         return folder
-    found = [p.parent for p in sorted(folder.glob("*/train")) if p.is_dir() and not p.parent.name.startswith(("_", "."))]
+    found = [p.parent for p in sorted(folder.glob("*/train"))
+             if p.is_dir() and not p.parent.name.startswith(("_", "."))]  # not unpacking debris: __MACOSX/
     if len(found) != 1:
         raise UserError(f"expected one folder with train/ in {folder}, found {len(found)}")
     return found[0]

@@ -21,7 +21,7 @@ from ..contract import UserError
 LOCAL_REGION = "us-east-1"
 # Local mode only checks that a role looks like an ARN; nothing assumes it.
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/imgclf-local"
-LOCAL_INSTANCE_TYPE = "local"
+LOCAL_INSTANCE_TYPES = {False: "local", True: "local_gpu"}  # local_gpu: the host's GPUs, one instance
 ROLE_ENV = "SAGEMAKER_ROLE"
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
 
@@ -32,6 +32,7 @@ class Target:
 
     session: sagemaker.Session
     role: str
+    gpu: bool = False  # local mode: give the containers the host's GPUs
 
     @property
     def local(self) -> bool:
@@ -39,14 +40,15 @@ class Target:
 
     def instance_type(self, requested: str) -> str:
         """Local mode runs every instance as a container on this machine."""
-        return LOCAL_INSTANCE_TYPE if self.local else requested
+        return LOCAL_INSTANCE_TYPES[self.gpu] if self.local else requested
 
 
-def local_target(container_root: Path | None = None, serving_port: int = 8080) -> Target:
+def local_target(container_root: Path | None = None, serving_port: int = 8080, gpu: bool = False) -> Target:
     """Local mode: jobs and endpoints are Docker Compose services on this machine.
 
     `container_root` holds the SDK's per-job temporary folders (default: the system temp dir);
-    `serving_port` is where a local endpoint listens.
+    `serving_port` is where a local endpoint listens; `gpu` passes the host's GPUs to the
+    containers (the SDK allows one instance then).
     """
     boto_session = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local",
                                  region_name=LOCAL_REGION)
@@ -54,7 +56,7 @@ def local_target(container_root: Path | None = None, serving_port: int = 8080) -
     root = Path(container_root or tempfile.gettempdir()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     session.config = {"local": {"local_code": True, "container_root": str(root), "serving_port": serving_port}}
-    return Target(session, LOCAL_ROLE)
+    return Target(session, LOCAL_ROLE, gpu)
 
 
 def aws_target(region: str | None = None, role: str | None = None) -> Target:
