@@ -233,7 +233,7 @@ def test_parameter_ranges_follow_the_search_space():
         tuning.parameter_ranges(fixed=SEARCH_SPACE)
 
 
-def test_tuning_job_request_and_best_trial_on_aws(aws):
+def test_tuning_job_request_and_best_trial_on_aws(aws, sent):
     boto3.client("s3").create_bucket(Bucket="out")
     spec = training.JobSpec(IMAGE, {"epochs": 3}, output_path="s3://out/jobs")
     tuner = tuning.tuner(spec, aws, max_jobs=12, max_parallel_jobs=3)
@@ -248,6 +248,8 @@ def test_tuning_job_request_and_best_trial_on_aws(aws):
     assert ranges["ContinuousParameterRanges"][0]["ScalingType"] == "Logarithmic"
     assert ranges["CategoricalParameterRanges"] == [{"Name": "batch-size", "Values": ["32", "64", "128", "256"]}]
     assert job["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == "3"
+    (request,) = sent["CreateHyperParameterTuningJob"]
+    assert request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
 
     # moto names its best trial FakeTrainingJobName: give it the hyperparameters a tuner passes
     best_name = job["BestTrainingJob"]["TrainingJobName"]

@@ -45,10 +45,6 @@ def parameter_ranges(space=SEARCH_SPACE, fixed=()) -> dict:
     return ranges
 
 
-def objective_definition() -> list[dict[str, str]]:
-    return [d for d in metric_definitions() if d["Name"] == OBJECTIVE_METRIC]
-
-
 def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: int, strategy: str = "Bayesian",
           early_stopping: str = "Auto") -> HyperparameterTuner:
     """A tuner over the search space; hyperparameters in `spec` stay fixed in every trial."""
@@ -58,7 +54,7 @@ def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: in
         estimator(spec, target),
         objective_metric_name=OBJECTIVE_METRIC,
         hyperparameter_ranges=parameter_ranges(fixed=spec.hyperparameters),
-        metric_definitions=objective_definition(),
+        metric_definitions=metric_definitions(),  # all of them, so every trial charts them; one is the objective
         objective_type=OBJECTIVE_TYPE,
         strategy=strategy,
         max_jobs=max_jobs,
