@@ -113,6 +113,24 @@ def test_check_layout_needs_train_with_two_classes(tmp_path):
         datasets.check_layout(tmp_path)
 
 
+def test_folders_named_as_channels_are_taken_as_they_are(image_folders):
+    (image_folders / "train").rename(image_folders / "training")
+    (image_folders / "valid").rename(image_folders / "validation")
+    splits = datasets.check_layout(image_folders)
+    assert list(splits) == ["training", "validation", "test"]
+    assert datasets.channels("file:///d", splits) == {
+        "training": "file:///d/training", "validation": "file:///d/validation", "test": "file:///d/test"}
+    make_image_folder(image_folders / "train", per_class=1)
+    with pytest.raises(UserError, match="train/ and training/ would be the same channel"):
+        datasets.check_layout(image_folders)
+
+
+def test_training_needs_a_training_channel(local):
+    assert datasets.channels(None, validation="file:///v") == {"validation": "file:///v"}
+    with pytest.raises(UserError, match="no training channel"):
+        training.train(training.estimator(training.JobSpec(IMAGE, TINY), local), {"validation": "file:///v"})
+
+
 def test_channels_map_splits_and_extras():
     assert datasets.channels("s3://b/dogs/", ["train", "valid", "test"], pretrained="s3://b/w") == {
         "training": "s3://b/dogs/train", "validation": "s3://b/dogs/valid", "test": "s3://b/dogs/test",
@@ -374,8 +392,9 @@ def test_cli_sends_only_given_hyperparameters(tmp_path, image_folders, monkeypat
     spec = cli._job_spec(args, target)
     assert spec.hyperparameters == {"epochs": "2", "batch-size": "8", "pretrained": "false"}
     assert spec.output_path == (tmp_path / "imgclf-output").resolve().as_uri()
-    assert cli._inputs(args, target) == {c: (image_folders / s).resolve().as_uri() for s, c in
-                                         datasets.SPLIT_CHANNELS.items()}
+    assert cli._inputs(args, target) == {"training": (image_folders / "train").resolve().as_uri(),
+                                         "validation": (image_folders / "valid").resolve().as_uri(),
+                                         "test": (image_folders / "test").resolve().as_uri()}
 
 
 @pytest.fixture

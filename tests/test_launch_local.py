@@ -1,6 +1,7 @@
 """The launcher against the real image in SageMaker local mode (SDK v2, Docker Compose), no AWS account:
-train on two containers (torch.distributed over gloo), deploy, invoke with a JPEG, delete, and a
-batch transform. Tiny on purpose: resnet18 from scratch, 32-pixel crops, one epoch."""
+train on two containers (torch.distributed over gloo), deploy, invoke with a photo, delete, a batch
+transform, and a local tuning search. Data: the bundled sample (Fashion-MNIST photos as JPEG, in
+folders named as the channels). Tiny on purpose: resnet18 from scratch, 32-pixel crops, one epoch."""
 from __future__ import annotations
 
 import contextlib
@@ -14,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder, require
+from conftest import ROOT, require
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
 from imgclf.launch import cli, datasets, hosting, session
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-CLASSES = {"blue": (30, 30, 220), "green": (30, 200, 30), "red": (220, 30, 30)}
+SAMPLE = ROOT / "local_test" / "test_dir" / "input" / "data"
 HYPERPARAMETERS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "image-size": 32, "batch-size": 4,
                    "num-workers": 0}
 
@@ -55,15 +56,15 @@ def timed(steps: dict, name: str):
 
 
 @pytest.fixture
-def data(tmp_path, monkeypatch) -> Path:
+def data(monkeypatch) -> Path:
     require(shutil.which("docker-compose") is not None, "no docker-compose for SageMaker local mode")
     monkeypatch.delenv("SAGEMAKER_SUPPRESS_V2_WARNING", raising=False)  # restored after cli.main sets it
-    for split, n, seed in (("train", 6, 0), ("valid", 2, 1), ("test", 2, 2)):
-        make_image_folder(tmp_path / "data" / split, per_class=n, size=(40, 40), seed=seed, classes=CLASSES)
-    return tmp_path / "data"
+    return SAMPLE
 
 
 def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, tmp_path, capsys, timings):
+    classes = set(datasets.check_layout(data)["training"].classes)
+    photos = sorted((data / "test").rglob("*.jpg"))
     target = session.local_target(tmp_path / "sagemaker", serving_port=free_port())
 
     # training through the command line, as a user runs it
@@ -84,11 +85,11 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
         with timed(timings, "deploy"):
             pred = hosting.deploy(target, docker_image, model_data, endpoint_name=endpoint)
         assert running_under(tmp_path), "the endpoint's container should be running"
-        photo = tmp_path / "data" / "test" / "red" / "0.jpg"
+        photo = photos[0]
         with timed(timings, "invoke"):
             answer = hosting.invoke(pred, photo, top_k=2)
         (top,) = answer["predictions"]
-        assert len(top) == 2 and {p["label"] for p in top} <= set(CLASSES)
+        assert len(top) == 2 and {p["label"] for p in top} <= classes
         assert top[0]["probability"] >= top[1]["probability"] > 0
         assert len(hosting.invoke(pred, photo, top_k=3)["predictions"][0]) == 3
     finally:
@@ -99,7 +100,7 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
 
     batch = tmp_path / "batch"  # local mode transforms the files of one folder, not its subfolders
     batch.mkdir()
-    for image in sorted((tmp_path / "data" / "test").rglob("*.jpg")):
+    for image in photos[::4]:
         shutil.copy(image, batch / f"{image.parent.name}-{image.name}")
     with timed(timings, "transform"):
         out = hosting.transform(target, docker_image, model_data, datasets.local_uri(batch),
@@ -107,7 +108,7 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
     answers = sorted((tmp_path / "predictions").rglob("*.out"))
     assert out == (tmp_path / "predictions").as_uri()
     assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
-    assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in CLASSES for a in answers)
+    assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in classes for a in answers)
     assert running_under(tmp_path) == []
 
 

@@ -210,7 +210,7 @@ def _inputs(args, target) -> dict[str, str]:
     if target.local:
         extra = {k: _local_uri(v) for k, v in extra.items() if v}
     if not args.data:
-        return datasets.channels("", splits=(), **extra)
+        return datasets.channels(None, **extra)
     if args.data.startswith("s3://"):
         return datasets.channels(args.data, datasets.s3_splits(args.data, target.session.boto_session), **extra)
     root = Path(args.data.removeprefix("file://"))

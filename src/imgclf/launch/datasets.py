@@ -2,7 +2,8 @@
 
 A data set is a folder (or S3 prefix) with `train/`, and optionally `valid/` and `test/`, each
 holding one folder of images per class, as dogImages.zip unpacks. The splits become the training
-job's channels `training`, `validation` and `test`.
+job's channels `training`, `validation` and `test`; folders already named after the channels
+(`training/`, `validation/`, as in a job's /opt/ml/input/data) are taken as they are.
 """
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..contract import UserError
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
-SPLIT_CHANNELS = {"train": "training", "valid": "validation", "test": "test"}
+# split folder name -> channel, in the order they are looked for
+SPLIT_CHANNELS = {"train": "training", "training": "training", "valid": "validation",
+                  "validation": "validation", "test": "test"}
 
 
 def reachable(url: str, timeout: float = 5.0) -> bool:
@@ -60,8 +63,8 @@ def find_root(folder: Path) -> Path:
     folder = Path(folder)
     if (folder / "train").is_dir():
         return folder
-    found = [p.parent for p in sorted(folder.glob("*/train"))
-             if p.is_dir() and not p.parent.name.startswith(("_", "."))]  # not unpacking debris: __MACOSX/
+    found = [p.parent for p in sorted(folder.glob("*/train*")) if p.name in ("train", "training")
+             and p.is_dir() and not p.parent.name.startswith(("_", "."))]  # not unpacking debris: __MACOSX/
     if len(found) != 1:
         raise UserError(f"expected one folder with train/ in {folder}, found {len(found)}")
     return found[0]
@@ -82,12 +85,17 @@ def check_layout(root: Path) -> dict[str, Split]:
     """
     root = Path(root)
     problems, splits = [], {}
-    if not (root / "train").is_dir():
+    present = [name for name in SPLIT_CHANNELS if (root / name).is_dir()]
+    by_channel = {}
+    for name in present:
+        by_channel.setdefault(SPLIT_CHANNELS[name], []).append(name)
+    twice = [" and ".join(f"{n}/" for n in names) for names in by_channel.values() if len(names) > 1]
+    if twice:
+        raise UserError(f"{root}: {'; '.join(twice)} would be the same channel: keep one")
+    if "training" not in by_channel:
         raise UserError(f"no train/ folder in {root}: expected train/, valid/, test/ with one folder per class")
-    for name in SPLIT_CHANNELS:
+    for name in present:
         folder = root / name
-        if not folder.is_dir():
-            continue
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         counts = {c: _count_images(folder / c) for c in classes}
         empty = [c for c, n in counts.items() if n == 0]
@@ -97,13 +105,13 @@ def check_layout(root: Path) -> dict[str, Split]:
         if loose:
             problems.append(f"{name}/ has {len(loose)} images outside class folders (e.g. {loose[0]})")
         splits[name] = Split(name, tuple(classes), sum(counts.values()))
-    train = splits["train"]
+    train = splits[by_channel["training"][0]]
     if len(train.classes) < 2:
-        problems.append(f"train/ has {len(train.classes)} class folders: a classifier needs at least two")
+        problems.append(f"{train.name}/ has {len(train.classes)} class folders: a classifier needs at least two")
     for split in splits.values():
         unknown = sorted(set(split.classes) - set(train.classes))
         if unknown:
-            problems.append(f"{split.name}/ has classes that train/ lacks: {', '.join(unknown[:5])}")
+            problems.append(f"{split.name}/ has classes that {train.name}/ lacks: {', '.join(unknown[:5])}")
     if problems:
         raise UserError(f"{root}: " + "; ".join(problems))
     return splits
@@ -117,20 +125,20 @@ def local_uri(path: Path) -> str:
     return Path(path).resolve().as_uri()
 
 
-def channels(data: str, splits=None, **extra: str | None) -> dict[str, str]:
+def channels(data: str | None, splits=(), **extra: str | None) -> dict[str, str]:
     """Channel name -> URI for a data root (file:// or s3://), one per split present.
 
-    `splits` names the splits present (as `check_layout` or an S3 listing found them); `extra`
-    adds or replaces channels, e.g. pretrained='s3://bucket/weights/'.
+    `splits` names the split folders present (as `check_layout` or an S3 listing found them);
+    `extra` adds or replaces channels, e.g. pretrained='s3://bucket/weights/'.
     """
-    data = data.rstrip("/")
-    found = {SPLIT_CHANNELS[s]: f"{data}/{s}" for s in (splits or ("train",)) if s in SPLIT_CHANNELS}
+    data = (data or "").rstrip("/")
+    found = {SPLIT_CHANNELS[s]: f"{data}/{s}" for s in splits if s in SPLIT_CHANNELS}
     found.update({k: v for k, v in extra.items() if v})
     return found
 
 
 def s3_splits(s3_uri: str, boto_session) -> list[str]:
-    """The splits (train, valid, test) present under an S3 data root."""
+    """The split folders (train, valid, test, or named as the channels) under an S3 data root."""
     bucket, prefix = _split_s3(s3_uri)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     listing = boto_session.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
