@@ -14,9 +14,17 @@ def test_defaults_follow_the_sagemaker_contract():
     assert env.models_dir == Path("/opt/ml/models")
     assert env.port == 8080 and not env.multi_model
     # workers x threads fill the CPUs without oversubscribing them
-    assert env.workers == 4 and env.torch_threads == 1
+    assert env.workers == 1 and env.torch_threads == 4
     assert env.max_payload_bytes == 6 * 1024 * 1024
     assert env.precision == "auto" and env.top_k == 5
+
+
+@pytest.mark.parametrize("cpus, workers, threads", [(1, 1, 1), (2, 1, 2), (6, 2, 3), (16, 4, 4)])
+def test_default_thread_layout_fits_the_cpus(cpus, workers, threads):
+    with mock.patch.object(environment, "cpu_count", return_value=cpus):
+        env = ServingEnvironment.from_env({})
+    assert (env.workers, env.torch_threads) == (workers, threads)
+    assert env.workers * env.torch_threads <= cpus
 
 
 def test_sagemaker_and_imgclf_variables_override():

@@ -22,6 +22,7 @@ TORCH_THREADS_ENV = "IMGCLF_TORCH_THREADS"
 PRECISION_ENV = "IMGCLF_PRECISION"
 MAX_IMAGE_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
 PRECISIONS = ("auto", "fp32", "bf16")
+MAX_DEFAULT_THREADS = 4
 
 
 def cpu_count() -> int:
@@ -41,7 +42,7 @@ class ServingEnvironment:
     workers: int = 1
     torch_threads: int = 1
     batch_size: int = 8
-    max_batch_delay_ms: int = 20
+    max_batch_delay_ms: int = 5
     top_k: int = 5
     precision: str = "auto"
     max_image_pixels: int = 40_000_000
@@ -67,9 +68,9 @@ class ServingEnvironment:
             return value
 
         cpus = cpu_count()
-        # One worker per CPU with one torch thread each: workers x threads never oversubscribe the
-        # cores, and one worker's decoding overlaps another's forward pass.
-        workers = integer(sm.MODEL_SERVER_WORKERS_ENV, cpus)
+        # Workers x torch threads fill the CPUs, never more. Up to 4 threads share one worker, so a
+        # batch runs on every core of a small instance; bigger ones get a worker per 4 cores.
+        workers = integer(sm.MODEL_SERVER_WORKERS_ENV, -(-cpus // MAX_DEFAULT_THREADS))
         precision = environ.get(PRECISION_ENV) or "auto"
         if precision not in PRECISIONS:
             raise ValueError(f"{PRECISION_ENV}={precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -82,7 +83,7 @@ class ServingEnvironment:
             workers=workers,
             torch_threads=integer(TORCH_THREADS_ENV, max(1, cpus // workers)),
             batch_size=integer(BATCH_SIZE_ENV, 8),
-            max_batch_delay_ms=integer(MAX_BATCH_DELAY_ENV, 20, minimum=0),
+            max_batch_delay_ms=integer(MAX_BATCH_DELAY_ENV, 5, minimum=0),
             top_k=integer(TOP_K_ENV, 5),
             precision=precision,
             max_image_pixels=integer(MAX_IMAGE_PIXELS_ENV, 40_000_000),

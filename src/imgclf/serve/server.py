@@ -116,6 +116,9 @@ class ModelServer:
             "METRICS_LOCATION": str(run_dir / "logs"),
             # one torch thread layout for every library the workers load
             "OMP_NUM_THREADS": str(env.torch_threads),
+            # idle OpenMP threads sleep instead of spinning: spinning threads that lose their core
+            # to another process (decoding, the JVM, a neighbour) stall every parallel region
+            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         }
         cmd = [sys.executable, "-m", "mms.model_server", "--start", "--foreground", "--mms-config", str(config),
                "--model-store", "/", "--log-config", str(MMS_LOG_CONFIG)]
@@ -220,10 +223,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help=f"public port (default ${sm.BIND_TO_PORT_ENV} or 8080)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--multi-model", action="store_true", help=f"multi-model endpoint (default ${sm.MULTI_MODEL_ENV})")
-    p.add_argument("--workers", type=int, help="model worker processes (default: one per CPU)")
-    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: CPUs / workers)")
+    p.add_argument("--workers", type=int, help="model worker processes (default: CPUs / torch threads)")
+    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: up to 4, CPUs / workers)")
     p.add_argument("--batch-size", type=int, help="most requests batched together (default 8)")
-    p.add_argument("--max-batch-delay-ms", type=int, help="longest wait for a batch to fill (default 20)")
+    p.add_argument("--max-batch-delay-ms", type=int, help="longest wait for a batch to fill (default 5)")
     p.add_argument("--top-k", type=int, help="labels per image unless the request asks (default 5)")
     p.add_argument("--precision", choices=E.PRECISIONS, help="auto: bfloat16 where supported and it agrees with float32")
     return p
