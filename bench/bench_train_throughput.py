@@ -74,11 +74,10 @@ def measure(model, loader, args, device, warmup: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    _, _, seen, _, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, args.steps), device, 1,
-                                       args, topology, stop)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return seen / (time.perf_counter() - start)
+    tally, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, args.steps), device, 1, args,
+                               topology, stop)
+    tally.loss.item()  # waits for the last step on an accelerator
+    return tally.seen / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -138,19 +138,44 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+class Tally:
+    """Loss, correct and seen summed on the device (no host sync per step), plus skipped images."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+        self.skipped = 0
+
+    def add(self, loss: torch.Tensor, output: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss += loss.detach().double() * len(targets)
+        self.correct += (output.argmax(1) == targets).sum()
+        self.seen += len(targets)
+
+    def totals(self, topology, device) -> tuple[float, float, int, int]:
+        """(loss sum, correct, seen, skipped) over all ranks."""
+        loss, correct, seen, skipped = distributed.all_sum(
+            [self.loss.item(), float(self.correct.item()), self.seen, self.skipped], topology, device)
+        return loss, correct, int(seen), int(skipped)
+
+
+def batches(loader, device, args, tally: Tally):
+    """(images, targets) on the device, in the training layout; unreadable images counted in `tally`."""
+    for images, targets, n_skipped in loader:
+        tally.skipped += n_skipped
+        if len(targets):
+            yield (images.to(device, non_blocking=True, memory_format=_memory_format(device, args)),
+                   targets.to(device, non_blocking=True))
+
+
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop):
-    """One pass over the training data. Returns (loss, acc, images, skipped, interrupted)."""
+    """One pass over the training data. Returns (Tally, interrupted by SIGTERM)."""
     models.train_mode(model)
-    loss_sum = correct = seen = skipped = 0.0
+    tally = Tally(device)
     start = time.perf_counter()
-    for step, (images, targets, n_skipped) in enumerate(loader, 1):
+    for step, (images, targets) in enumerate(batches(loader, device, args, tally), 1):
         if distributed.any_rank(stop.requested, topology, device):
-            return loss_sum, correct, seen, skipped, True
-        skipped += n_skipped
-        if len(targets) == 0:
-            continue
-        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, args))
-        targets = targets.to(device, non_blocking=True)
+            return tally, True
         with autocast(device, args.amp):
             output = model(images)
             loss = criterion(output, targets)
@@ -158,35 +183,26 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss.item() * len(targets)
-        correct += (output.argmax(1) == targets).sum().item()
-        seen += len(targets)
+        tally.add(loss, output, targets)
         if args.log_interval and step % args.log_interval == 0 and topology.is_main:
-            rate = seen / (time.perf_counter() - start)
+            rate = tally.seen / (time.perf_counter() - start)
             log.info("epoch=%d step=%d/%d loss=%.4f images_per_sec=%.1f", epoch, step, len(loader), loss.item(), rate)
-    return loss_sum, correct, seen, skipped, False
+    return tally, False
 
 
 @torch.inference_mode()
 def evaluate(model, criterion, loader, device, args, topology) -> tuple[float, float, int]:
     """(mean loss, accuracy, skipped images) over the loader, summed over all ranks."""
     model.eval()
-    loss_sum = correct = seen = skipped = 0.0
-    for images, targets, n_skipped in loader:
-        skipped += n_skipped
-        if len(targets) == 0:
-            continue
-        images = images.to(device, non_blocking=True, memory_format=_memory_format(device, args))
-        targets = targets.to(device, non_blocking=True)
+    tally = Tally(device)
+    for images, targets in batches(loader, device, args, tally):
         with autocast(device, args.amp):
             output = model(images)
-        loss_sum += criterion(output.float(), targets).item() * len(targets)
-        correct += (output.argmax(1) == targets).sum().item()
-        seen += len(targets)
-    loss_sum, correct, seen, skipped = distributed.all_sum([loss_sum, correct, seen, skipped], topology, device)
+        tally.add(criterion(output.float(), targets), output, targets)
+    loss_sum, correct, seen, skipped = tally.totals(topology, device)
     if seen == 0:
         raise UserError("no readable images to evaluate on")
-    return loss_sum / seen, correct / seen, int(skipped)
+    return loss_sum / seen, correct / seen, skipped
 
 
 def _memory_format(device, args):
@@ -337,14 +353,14 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         start = time.perf_counter()
-        loss_sum, correct, seen, skipped, interrupted = train_one_epoch(
+        tally, interrupted = train_one_epoch(
             model, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop)
         if interrupted:
             if topology.is_main:
                 save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
                 log.warning("stopped by SIGTERM in epoch %d; checkpoint %s resumes it", epoch, checkpoint)
             return SIGTERM_EXIT
-        loss_sum, correct, seen, skipped = distributed.all_sum([loss_sum, correct, seen, skipped], topology, device)
+        loss_sum, correct, seen, skipped = tally.totals(topology, device)
         if seen == 0:
             raise UserError("no readable training images")
         elapsed = time.perf_counter() - start
@@ -358,7 +374,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
             log.info(format_metrics(**metrics))
             if skipped or valid_skipped:
                 log.warning("epoch=%d skipped unreadable images: %d training, %d validation",
-                            epoch, int(skipped), valid_skipped)
+                            epoch, skipped, valid_skipped)
             save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
         if state.should_stop_early(args.early_stopping_patience):
             if topology.is_main:
