@@ -32,11 +32,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def running_under(root) -> list[str]:
-    """Running containers that local mode started from a compose file under `root` (this test's only)."""
-    out = subprocess.run(["docker", "ps", "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'],
+def running_under(root, stopped_too: bool = False) -> list[str]:
+    """Containers that local mode started from a compose file under `root` (this test's only)."""
+    out = subprocess.run(["docker", "ps", *(["--all"] if stopped_too else []),
+                          "--format", '{{.Names}} {{.Label "com.docker.compose.project.working_dir"}}'],
                          capture_output=True, text=True, check=True)
     return [line.split()[0] for line in out.stdout.splitlines() if f" {root}/" in line]
+
+
+@pytest.fixture
+def local_root(tmp_path):
+    """The SDK's folder for job files; the containers local mode leaves behind, stopped, go with it."""
+    yield tmp_path / "sagemaker"
+    leftovers = running_under(tmp_path / "sagemaker", stopped_too=True)
+    if leftovers:
+        subprocess.run(["docker", "rm", "--force", *leftovers], capture_output=True)
 
 
 @pytest.fixture
@@ -62,21 +72,22 @@ def data(monkeypatch) -> Path:
     return SAMPLE
 
 
-def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, tmp_path, capsys, timings):
+def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, local_root, tmp_path, capsys,
+                                                            timings):
     classes = set(datasets.check_layout(data)["training"].classes)
     photos = sorted((data / "test").rglob("*.jpg"))
-    target = session.local_target(tmp_path / "sagemaker", serving_port=free_port())
+    target = session.local_target(local_root, serving_port=free_port())
 
     # training through the command line, as a user runs it
     hyperparameters = [a for k, v in HYPERPARAMETERS.items() for a in (f"--{k}", str(v).lower())]
     with timed(timings, "train (2 containers)"):
         cli.main(["train", "--local", "--image-uri", docker_image, "--data", str(data),
-                  "--instance-count", "2", "--local-root", str(tmp_path / "sagemaker"), *hyperparameters])
+                  "--instance-count", "2", "--local-root", str(local_root), *hyperparameters])
     log = capsys.readouterr().out
     (model_data,) = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("model artifact: ")]
     assert "rank 0 of 2 (gloo)" in log and "rank 1 of 2 (gloo)" in log, log[-3000:]
     assert "valid_acc=" in log and "test_acc=" in log
-    assert model_data.startswith((tmp_path / "sagemaker" / "imgclf-output" / "imgclf-").as_uri())  # a folder per job
+    assert model_data.startswith((local_root / "imgclf-output" / "imgclf-").as_uri())  # a folder per job
     with tarfile.open(model_data.removeprefix("file://")) as tar:
         assert {"model.pt", "model.json"} <= set(tar.getnames())
 
@@ -112,11 +123,11 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
     assert running_under(tmp_path) == []
 
 
-def test_tune_runs_trials_in_turn_and_shows_the_best(docker_image, data, tmp_path, capsys, timings):
+def test_tune_runs_trials_in_turn_and_shows_the_best(docker_image, data, local_root, capsys, timings):
     hyperparameters = [a for k, v in HYPERPARAMETERS.items() if k != "batch-size" for a in (f"--{k}", str(v).lower())]
     with timed(timings, "tune (2 trials)"):
         cli.main(["tune", "--local", "--image-uri", docker_image, "--data", str(data), "--max-jobs", "2",
-                  "--local-root", str(tmp_path / "sagemaker"), *hyperparameters])
+                  "--local-root", str(local_root), *hyperparameters])
     out = capsys.readouterr().out
     trials = [line for line in out.splitlines() if line.startswith("trial ")]
     assert len(trials) == 2 and all(f"{OBJECTIVE_METRIC}=" in t and "=None" not in t for t in trials), trials
