@@ -113,11 +113,11 @@ def handler_for(model_dir: Path, threads: int):
 
 
 class RawForward:
-    """The handler's forward pass alone, no decoding, in `processes` forked processes that stay
-    up between measures (so the raw rate can be measured in turn with the endpoints)."""
+    """The handler's forward pass alone, no decoding, in `processes` processes that stay up
+    between measures (so the raw rate can be measured in turn with the endpoints)."""
 
     def __init__(self, model_dir: Path, processes: int, threads: int, batch: int = 8):
-        ctx = mp.get_context("fork")  # this process itself never starts a torch thread pool
+        ctx = mp.get_context("spawn")  # fresh interpreters, like the server's workers: no thread pool inherited
         self.pipes = []
         for _ in range(processes):
             parent, child = ctx.Pipe()

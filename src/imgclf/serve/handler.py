@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_TYPE = "application/json"
 PROBE_IMAGES = 4
-# bfloat16 keeps 8 bits of mantissa: probabilities move by up to about 1e-2 on real photos.
-# Refuse it when the probe shows more than that, or a different top-1 where float32 is sure.
-MAX_PROBABILITY_GAP = 0.03
+# bfloat16 keeps 8 bits of mantissa: on 20 real photos (bench/serve_precision_agreement.py) an
+# ImageNet efficientnet_lite0 kept every top-1 and moved probabilities by up to 0.04. Refuse it
+# when the probe moves them more, or changes a top-1 that float32 is sure of.
+MAX_PROBABILITY_GAP = 0.05
 
 
 @dataclass
