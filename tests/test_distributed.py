@@ -8,6 +8,8 @@ def test_single_host_cpu_is_one_process(monkeypatch):
 
 def test_two_hosts_rank_from_sorted_position(monkeypatch):
     monkeypatch.setattr(distributed, "processes_per_host", lambda: 1)
+    monkeypatch.setattr(distributed, "interface_exists", lambda name: name == "eth0")
+    assert "GLOO_SOCKET_IFNAME" not in distributed.plan(["algo-1", "algo-2"], "algo-2", "ethwe", environ={})[1]
     nproc, env = distributed.plan(["algo-1", "algo-2"], "algo-2", "eth0", environ={})
     assert nproc == 1
     assert env == {"MASTER_ADDR": "algo-1", "MASTER_PORT": "29500", "WORLD_SIZE": "2", "NODE_RANK_OFFSET": "1",

@@ -57,10 +57,15 @@ def plan(hosts: list[str], current_host: str, interface: str | None = None,
         "WORLD_SIZE": str(world_size),
         "NODE_RANK_OFFSET": str(hosts.index(current_host) * nproc),
     }
-    if interface and len(hosts) > 1:
+    if interface and len(hosts) > 1 and interface_exists(interface):
         for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
             env[var] = environ.get(var, interface)
     return nproc, env
+
+
+def interface_exists(name: str) -> bool:
+    """Some runners name an interface the container lacks (SDK v3 local mode writes `ethwe`)."""
+    return not os.path.isdir("/sys/class/net") or os.path.exists(f"/sys/class/net/{name}")
 
 
 def init(local_rank: int = 0, environ=os.environ) -> Topology:
