@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings, reduce_on_decode, to_rgb
+from imgclf.presets import (
+    ClassificationPresetEval,
+    ClassificationPresetTrain,
+    EvalSettings,
+    load_rgb,
+    reduce_on_decode,
+    to_rgb,
+)
 
 
 def test_eval_settings_round_trip_through_json_types():
@@ -60,4 +67,21 @@ def test_reduce_on_decode_decodes_large_jpeg_smaller():
 def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_load_rgb_turns_photos_upright_by_exif_for_training_and_serving():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    Image.new("L", (80, 40)).save(buf, "JPEG", exif=exif)
+    img = load_rgb(Image.open(io.BytesIO(buf.getvalue())), 0)
+    assert (img.size, img.mode) == ((40, 80), "RGB")
+    plain = load_rgb(Image.open(io.BytesIO(_jpeg((300, 200)))), 0)  # no reduction asked for
+    assert plain.size == (300, 200)
+
+
+def _jpeg(size) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size).save(buf, "JPEG")
     return buf.getvalue()

@@ -16,7 +16,7 @@ from torch.utils.data.dataloader import default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from .contract import UserError
-from .presets import reduce_on_decode, to_rgb
+from .presets import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,7 @@ class ImageFolderDataset(Dataset):
     def load(self, index: int) -> Image.Image:
         path, _ = self.samples[index]
         with Image.open(path) as img:
-            min_side = getattr(self.transform, "decode_min_side", None)
-            if min_side:
-                reduce_on_decode(img, min_side)
-            img.load()  # decode while the file is open
-            return to_rgb(img)
+            return load_rgb(img, getattr(self.transform, "decode_min_side", 0))
 
     def __getitem__(self, index: int):
         try:

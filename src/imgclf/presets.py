@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -52,12 +52,24 @@ def reduce_on_decode(img: Image.Image, min_side: int) -> Image.Image:
     `draft` picks the largest power-of-two reduction that keeps both sides >= the requested size,
     so a 4000x3000 photo is decoded at 1000x750 when we need 256 pixels.
     """
-    if img.format == "JPEG":
+    if img.format == "JPEG" and min_side > 0:
         w, h = img.size
         scale = min_side / min(w, h)
         if scale < 0.5:
             img.draft("RGB", (max(1, round(w * scale)), max(1, round(h * scale))))
     return img
+
+
+def load_rgb(img: Image.Image, min_side: int) -> Image.Image:
+    """Decode an opened image as training and serving both need it: at reduced size where the
+    codec allows, upright by its EXIF orientation, in 8-bit RGB."""
+    reduce_on_decode(img, min_side)
+    img.load()
+    try:
+        img = ImageOps.exif_transpose(img)
+    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: keep the stored orientation
+        pass
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

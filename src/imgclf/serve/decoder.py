@@ -19,9 +19,9 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from ..presets import reduce_on_decode, to_rgb
+from ..presets import load_rgb, to_rgb
 from .errors import BadRequest, PayloadTooLarge, UnsupportedContentType
 
 NPY_CHANNELS = (1, 3, 4)
@@ -45,19 +45,13 @@ def open_image(data: bytes, min_side: int) -> Image.Image:
         img = Image.open(io.BytesIO(data))  # reads the header only; over twice the limit raises
         if img.width * img.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns up to twice the limit
             raise bomb
-        reduce_on_decode(img, min_side)
-        img.load()
+        return load_rgb(img, min_side)
     except Image.DecompressionBombError:
         raise bomb from None
     except UnidentifiedImageError:
         raise BadRequest("body is not an image in a format the decoder knows") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadRequest(f"corrupt or truncated image: {e}") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except (OSError, ValueError, SyntaxError):  # unreadable EXIF: keep the stored orientation
-        pass
-    return to_rgb(img)
 
 
 def decode_json(body: bytes, min_side: int) -> Decoded:
