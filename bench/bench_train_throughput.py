@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from imgclf import distributed, model as models
+from imgclf import distributed
+from imgclf import model as models
 from imgclf.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.presets import ClassificationPresetTrain
 from imgclf.train import StopRequest, default_workers, str2bool, train_one_epoch

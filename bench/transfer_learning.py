@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local_test"))
-from make_sample_data import write_sample  # noqa: E402
+from make_sample_data import write_sample
 
-from imgclf.contract import TrainingEnvironment  # noqa: E402
-from imgclf.train import run  # noqa: E402
+from imgclf.contract import TrainingEnvironment
+from imgclf.train import run
 
 
 def train(data: Path, out: Path, **hyperparameters) -> tuple[float, float]:

@@ -15,9 +15,9 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import requests
+from conftest import require
 from PIL import Image
 
-from conftest import require
 from imgclf.model import ModelCard, create_model, save_artifact
 from imgclf.presets import EvalSettings
 

@@ -19,7 +19,6 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
-
 from conftest import ROOT, docker_available, require
 
 SCRIPT = ROOT / "build_and_push.sh"

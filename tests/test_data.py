@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import make_image_folder
 
 from imgclf.contract import UserError
 from imgclf.data import (
@@ -11,8 +12,6 @@ from imgclf.data import (
     split_indices,
 )
 from imgclf.presets import ClassificationPresetEval
-
-from conftest import make_image_folder
 
 
 def eval_tf():

@@ -23,10 +23,9 @@ import pytest
 import requests
 import torch
 import torchvision
-
 from conftest import ROOT, make_image_folder
-from imgclf.model import create_model, find_imagenet_weights, load_artifact, load_backbone
 
+from imgclf.model import create_model, find_imagenet_weights, load_artifact, load_backbone
 
 CLASSES = ["blue", "green", "red"]
 TINY_JOB = {"arch": "resnet18", "pretrained": "false", "epochs": "1", "image-size": "32", "batch-size": "8",

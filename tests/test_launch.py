@@ -12,9 +12,9 @@ import zipfile
 
 import boto3
 import pytest
+from conftest import make_image_folder
 from moto import mock_aws
 
-from conftest import make_image_folder
 from imgclf.contract import UserError
 from imgclf.hpo import BEST_KNOWN, OBJECTIVE_METRIC, SEARCH_SPACE
 from imgclf.launch import cli, datasets, hosting, session, training, tuning

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, require
+
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
 from imgclf.launch import cli, datasets, hosting, session
 

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from serve_support import encode, jpeg
 
 from imgclf.serve.decoder import DECODERS, decode
 from imgclf.serve.errors import BadRequest, PayloadTooLarge, UnsupportedContentType
-from serve_support import encode, jpeg
 
 
 def b64(data: bytes) -> str:

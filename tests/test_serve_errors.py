@@ -1,7 +1,8 @@
 import json
 
-from imgclf.serve.errors import BadRequest, ModelNotReady, PayloadTooLarge, ServeError, UnsupportedContentType
 from sagemaker_inference.errors import BaseInferenceToolkitError
+
+from imgclf.serve.errors import BadRequest, ModelNotReady, PayloadTooLarge, ServeError, UnsupportedContentType
 
 
 def test_each_error_carries_its_status_and_a_json_reason():

@@ -3,9 +3,9 @@ import threading
 
 import pytest
 import requests
+from serve_support import free_port
 
 from imgclf.serve.front import Front
-from serve_support import free_port
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ from unittest import mock
 import pytest
 import torch
 from PIL import Image
+from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
 
 from imgclf.model import load_artifact
 from imgclf.presets import ClassificationPresetEval
 from imgclf.serve import handler as handler_module
 from imgclf.serve.environment import ServingEnvironment
 from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
-from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
 
 
 def environment(tmp_path, **kw) -> ServingEnvironment:

@@ -3,11 +3,11 @@ import json
 from unittest import mock
 
 import pytest
+from sagemaker_inference.default_handler_service import DefaultHandlerService
+from serve_support import MockContext, jpeg, make_artifact
 
 from imgclf.serve import handler_service
 from imgclf.serve.handler_service import HandlerService
-from sagemaker_inference.default_handler_service import DefaultHandlerService
-from serve_support import MockContext, jpeg, make_artifact
 
 
 def test_the_module_defines_exactly_one_class_as_mms_requires():

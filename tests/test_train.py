@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image_folder
 
 from imgclf import model as models
 from imgclf.contract import TrainingEnvironment, UserError
 from imgclf.data import ImageFolderDataset
 from imgclf.presets import ClassificationPresetEval
 from imgclf.train import TrainState, parse_hyperparameters, run
-
-from conftest import make_image_folder
 
 TINY = {"arch": "resnet18", "pretrained": "false", "image-size": "32", "batch-size": "8", "epochs": "2",
         "num-workers": "0", "log-interval": "0"}

@@ -10,9 +10,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TrainingEnvironment:
         return self.output_dir / "failure"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "TrainingEnvironment":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> TrainingEnvironment:
         base = Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
 
         def path(var: str, default: Path) -> Path:

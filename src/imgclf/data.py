@@ -6,8 +6,8 @@ drops it and counts it, and training logs the count per epoch instead of dying o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError

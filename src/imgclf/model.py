@@ -147,7 +147,7 @@ class ModelCard:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelCard":
+    def from_dict(cls, d: dict) -> ModelCard:
         if d.get("format_version") != FORMAT_VERSION:
             raise ModelError(f"model.json format_version {d.get('format_version')!r}; expected {FORMAT_VERSION}")
         return cls(arch=check_arch(d["arch"]), classes=tuple(d["classes"]), eval=EvalSettings.from_dict(d["eval"]))

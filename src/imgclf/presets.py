@@ -28,7 +28,7 @@ class EvalSettings:
     interpolation: str = "bilinear"
 
     @classmethod
-    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> "EvalSettings":
+    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalSettings:
         # torchvision's recipe: resize the short side to crop/0.875, then centre-crop
         return cls(crop_size=image_size, resize_size=round(image_size / 0.875), mean=tuple(mean), std=tuple(std))
 
@@ -36,7 +36,7 @@ class EvalSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "EvalSettings":
+    def from_dict(cls, d: dict) -> EvalSettings:
         return cls(
             crop_size=int(d["crop_size"]),
             resize_size=int(d["resize_size"]),
@@ -137,7 +137,7 @@ class ClassificationPresetEval:
         self.decode_min_side = resize_size
 
     @classmethod
-    def from_settings(cls, settings: EvalSettings) -> "ClassificationPresetEval":
+    def from_settings(cls, settings: EvalSettings) -> ClassificationPresetEval:
         return cls(**settings.to_dict())
 
     def __call__(self, img: Image.Image) -> torch.Tensor:

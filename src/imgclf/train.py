@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, model as models
+from . import distributed
+from . import model as models
 from .contract import TrainingEnvironment, UserError, hyperparameters_to_argv, run_job
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .hpo import BEST_KNOWN

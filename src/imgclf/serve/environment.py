@@ -7,9 +7,9 @@ environment it inherits, so flags given to `imgclf-serve` reach the workers as v
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from sagemaker_inference import parameters as sm
 
@@ -52,7 +52,7 @@ class ServingEnvironment:
     vmargs: str = "-XX:-UseContainerSupport"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ServingEnvironment":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServingEnvironment:
         base = Path(environ.get(sm.BASE_PATH_ENV) or DEFAULT_BASE_DIR)
 
         def integer(var: str, default: int, minimum: int = 1) -> int:
