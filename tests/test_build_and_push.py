@@ -6,6 +6,7 @@ login: account and region, the repository created when missing, and a clear fail
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,27 +32,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(url: str, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{what} did not answer on {url}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
+@contextlib.contextmanager
+def running(cmd: list[str], ready_url: str, what: str):
+    """A server process for the duration of a fixture: started, polled until `ready_url` answers
+    200, stopped with SIGTERM (then killed) afterwards."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited with {proc.returncode}")
+            try:
+                if requests.get(ready_url, timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not answer on {ready_url}")
+            time.sleep(0.2)
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -63,12 +69,8 @@ def registry(tmp_path):
     config = tmp_path / "registry.yml"
     config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
                       f"    rootdirectory: {tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/v2/", proc, "docker-registry")
+    with running([binary, "serve", str(config)], f"http://127.0.0.1:{port}/v2/", "docker-registry"):
         yield f"127.0.0.1:{port}"
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
@@ -77,13 +79,9 @@ def moto(tmp_path):
     binary = Path(sys.executable).parent / "moto_server"
     require(binary.exists(), "no moto_server (pip install 'moto[server]')")
     port = free_port()
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
+    with running([str(binary), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}/moto-api/",
+                 "moto_server"):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
