@@ -76,10 +76,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def hyperparameter_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The job's hyperparameters: kebab-case name -> the parser's action for `--name`."""
+    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
 def parse_hyperparameters(hyperparameters: dict[str, str], argv: list[str] | None = None) -> argparse.Namespace:
     """Typed arguments from SageMaker's string hyperparameters, then command-line overrides."""
     parser = get_args_parser()
-    known = {a.option_strings[0][2:] for a in parser._actions if a.option_strings and a.dest != "help"}
+    known = set(hyperparameter_actions(parser))
     args = parser.parse_args(hyperparameters_to_argv(hyperparameters, known) + list(argv or []))
     checks = {
         "epochs": args.epochs >= 1, "batch-size": args.batch_size >= 1, "lr": args.lr > 0,

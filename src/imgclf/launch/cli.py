@@ -235,6 +235,7 @@ _HP_DESTS: dict[str, str] = {}  # hyperparameter name -> argparse dest, filled b
 
 def get_args_parser() -> argparse.ArgumentParser:
     from ..train import get_args_parser as training_parser
+    from ..train import hyperparameter_actions
 
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where to run")
@@ -276,10 +277,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     res.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity, run time included")
     res.add_argument("--no-wait", action="store_true", help="start the job and return")
     hps = job.add_argument_group("hyperparameters (sent to the job; defaults are the image's)")
-    for action in training_parser()._actions:  # the training job's own flags, checked by its parser
-        if not action.option_strings or action.dest == "help":
-            continue
-        name = action.option_strings[0][2:]
+    for name, action in hyperparameter_actions(training_parser()).items():  # checked by the job's parser
         _HP_DESTS[name] = "hp_" + action.dest
         hps.add_argument(f"--{name}", dest=_HP_DESTS[name], metavar="VALUE", help=action.help)
 

@@ -12,16 +12,11 @@ from sagemaker.utils import name_from_base
 
 from ..contract import UserError
 from ..metrics import metric_definitions
-from ..train import get_args_parser, parse_hyperparameters
+from ..train import parse_hyperparameters
 from .session import Target
 
 BASE_JOB_NAME = "imgclf"
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-
-
-def hyperparameter_names() -> list[str]:
-    """The training job's hyperparameters (kebab-case), in the order its parser declares them."""
-    return [a.option_strings[0][2:] for a in get_args_parser()._actions if a.option_strings and a.dest != "help"]
 
 
 def check_hyperparameters(hyperparameters: dict) -> dict[str, str]:

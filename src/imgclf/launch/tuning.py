@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner
 
-from ..contract import RESERVED_PREFIXES, UserError
+from ..contract import RESERVED_PREFIXES, UserError, decode_value
 from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, Categorical, Continuous
 from ..metrics import metric_definitions
 from .session import Target
@@ -70,18 +70,14 @@ def decode_hyperparameters(raw: dict[str, str]) -> dict:
     SageMaker's own keys are dropped and values typed: the tuner's JSON-quoted `"\\"64\\""` and a
     plain `"64"` both become 64, `"0.0173"` becomes 0.0173, `"resnet50"` stays a string.
     """
-    decoded = {}
-    for name, value in raw.items():
-        if name.startswith(RESERVED_PREFIXES):
-            continue
-        try:
-            value = json.loads(value)
-            if isinstance(value, str):  # a quoted categorical: decode once more
-                value = json.loads(value)
-        except ValueError:
-            pass
-        decoded[name] = value
-    return decoded
+    return {name: _typed(decode_value(value)) for name, value in raw.items() if not name.startswith(RESERVED_PREFIXES)}
+
+
+def _typed(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # a plain string such as resnet50
 
 
 @dataclass
