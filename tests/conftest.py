@@ -10,6 +10,7 @@ import os
 import random
 import shlex
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("IMGCLF_REQUIRE_ALL") == "1":
         pytest.fail(f"required in CI but unavailable: {reason}")
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel's choice), for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def docker_available() -> bool:

@@ -6,7 +6,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import requests
-from conftest import require
+from conftest import free_port, require
 from PIL import Image
 
 from imgclf.model import ModelCard, create_model, save_artifact
@@ -65,12 +64,6 @@ class MockContext:
 def require_mms() -> None:
     require(shutil.which("java") is not None and find_spec("mms") is not None,
             "multi-model-server and a Java runtime (JRE 17)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

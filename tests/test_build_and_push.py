@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,10 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
-from conftest import ROOT, docker_available, require
+from conftest import ROOT, docker_available, free_port, require
 
 SCRIPT = ROOT / "build_and_push.sh"
 MOTO_ACCOUNT = "123456789012"  # the account moto's STS answers with
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

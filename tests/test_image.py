@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import requests
 import torch
 import torchvision
-from conftest import ROOT, make_image_folder
+from conftest import ROOT, free_port, make_image_folder
 
 from imgclf.model import create_model, find_imagenet_weights, load_artifact, load_backbone
 
@@ -49,12 +48,6 @@ def run_image(image: str, ml: Path, *args: str, timeout: float = 600) -> subproc
     """`docker run IMAGE ARGS` with `ml` as /opt/ml; output captured."""
     cmd = ["docker", "run", "--rm", "-v", f"{ml}:/opt/ml", image, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def container_running(name: str) -> bool:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, require
+from conftest import ROOT, free_port, require
 
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
 from imgclf.launch import cli, datasets, hosting, session
@@ -24,12 +23,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 SAMPLE = ROOT / "local_test" / "test_dir" / "input" / "data"
 HYPERPARAMETERS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "image-size": 32, "batch-size": 4,
                    "num-workers": 0}
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def running_under(root, stopped_too: bool = False) -> list[str]:

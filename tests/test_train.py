@@ -2,15 +2,13 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import free_port, make_image_folder
 
 from imgclf import model as models
 from imgclf.contract import TrainingEnvironment, UserError
@@ -162,12 +160,6 @@ def test_checkpoint_of_another_job_is_refused(tmp_path, image_folders):
     env.hyperparameters["arch"] = "resnet34"
     with pytest.raises(UserError, match="checkpoint .* is for resnet18"):
         run(env)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_train_with_ddp_on_cpu(tmp_path, image_folders):
