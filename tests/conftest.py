@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import shlex
 import shutil
 import socket
 import subprocess
@@ -68,18 +67,10 @@ def image_folders(tmp_path) -> Path:
     return tmp_path / "data"
 
 
-def docker_build_command(tag: str = IMAGE_TAG) -> list[str]:
-    """`docker build` for docker/Dockerfile with $BASE_IMAGE and $DOCKER_BUILD_ARGS when set."""
-    cmd = ["docker", "build", "--network", "host", "-t", tag, "-f", str(ROOT / "docker" / "Dockerfile")]
-    cmd += shlex.split(os.environ.get("DOCKER_BUILD_ARGS", ""))
-    if os.environ.get("BASE_IMAGE"):
-        cmd += ["--build-arg", f"BASE_IMAGE={os.environ['BASE_IMAGE']}"]
-    return cmd + [str(ROOT)]
-
-
 @pytest.fixture(scope="session")
 def docker_image() -> str:
-    """The product image, built once per test session (layers cached between sessions)."""
+    """The product image, built once per test session (layers cached between sessions), with
+    $BASE_IMAGE and $DOCKER_BUILD_ARGS when set."""
     require(docker_available(), "no Docker engine")
-    subprocess.run(docker_build_command(), check=True)
+    subprocess.run([str(ROOT / "docker" / "build.sh"), IMAGE_TAG], check=True)  # the build users run
     return IMAGE_TAG
