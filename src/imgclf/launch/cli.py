@@ -151,13 +151,13 @@ def cmd_delete(args) -> None:
 
 
 def cmd_transform(args) -> None:
-    from . import hosting
+    from . import datasets, hosting
 
     target = _target(args)
     output = args.output_path or (_default_local_output(args) if target.local else None)
     if not output:
         raise UserError("transform needs --output-path (an S3 prefix)")
-    data = _local_uri(args.data) if target.local else args.data
+    data = datasets.local_uri(args.data) if target.local else args.data
     out = hosting.transform(target, _image_uri(args), _model_data(args, target), data, output,
                             instance_type=args.instance_type, instance_count=args.instance_count,
                             wait=not args.no_wait)
@@ -183,10 +183,6 @@ def _image_uri(args) -> str:
     return uri
 
 
-def _local_uri(location: str) -> str:
-    return location if "://" in location else Path(location).resolve().as_uri()
-
-
 def _default_local_output(args) -> str:
     return Path(args.local_root or ".", "imgclf-output").resolve().as_uri()
 
@@ -208,19 +204,21 @@ def _inputs(args, target) -> dict[str, str]:
     extra = dict(training=args.training, validation=args.validation, test=args.test,
                  pretrained=args.pretrained_weights)
     if target.local:
-        extra = {k: _local_uri(v) for k, v in extra.items() if v}
+        extra = {k: datasets.local_uri(v) for k, v in extra.items() if v}
     if not args.data:
         return datasets.channels(None, **extra)
     if args.data.startswith("s3://"):
         return datasets.channels(args.data, datasets.s3_splits(args.data, target.session.boto_session), **extra)
     root = Path(args.data.removeprefix("file://"))
     splits = datasets.check_layout(root)
-    return datasets.channels(_local_uri(str(root)), splits, **extra)
+    return datasets.channels(datasets.local_uri(str(root)), splits, **extra)
 
 
 def _model_data(args, target) -> str:
+    from . import datasets
+
     if args.model_data:
-        return _local_uri(args.model_data) if target.local else args.model_data
+        return datasets.local_uri(args.model_data) if target.local else args.model_data
     if args.training_job:
         if target.local:
             raise UserError("local jobs are not remembered between commands: give --model-data, the "

@@ -121,8 +121,11 @@ def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
 
 
-def local_uri(path: Path) -> str:
-    return Path(path).resolve().as_uri()
+def local_uri(location: str | Path) -> str:
+    """A file:// URI for a local path, as local mode takes data; a URI is returned as it is."""
+    if "://" in str(location):
+        return str(location)
+    return Path(location).resolve().as_uri()
 
 
 def channels(data: str | None, splits=(), **extra: str | None) -> dict[str, str]:
