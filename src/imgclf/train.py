@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from . import distributed
 from . import model as models
+from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .contract import TrainingEnvironment, UserError, hyperparameters_to_argv, run_job
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .hpo import BEST_KNOWN
@@ -174,25 +176,42 @@ def batches(loader, device, args, tally: Tally):
                    targets.to(device, non_blocking=True))
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop):
+def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop,
+                    callbacks: Callback):
     """One pass over the training data. Returns (Tally, interrupted by SIGTERM)."""
     models.train_mode(model)
     tally = Tally(device)
-    start = time.perf_counter()
+    start = clock = time.perf_counter()
+
+    def lap() -> float:  # seconds since the last lap; waits for the GPU only when a callback asks
+        nonlocal clock
+        if callbacks.device_sync and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        elapsed, clock = now - clock, now
+        return elapsed
+
     for step, (images, targets) in enumerate(batches(loader, device, args, tally), 1):
+        data_s = lap()
         if distributed.any_rank(stop.requested, topology, device):
             return tally, True
         with autocast(device, args.amp):
             output = model(images)
             loss = criterion(output, targets)
+        forward_s = lap()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        backward_s = lap()
         scaler.step(optimizer)
         scaler.update()
+        optimizer_s = lap()
         tally.add(loss, output, targets)
+        callbacks.on_step_end(StepRecord(epoch, step, len(targets), loss.detach(), data_s, forward_s, backward_s,
+                                         optimizer_s))
         if args.log_interval and step % args.log_interval == 0 and topology.is_main:
             rate = tally.seen / (time.perf_counter() - start)
             log.info("epoch=%d step=%d/%d loss=%.4f images_per_sec=%.1f", epoch, step, len(loader), loss.item(), rate)
+        lap()  # bookkeeping is nobody's phase
     return tally, False
 
 
@@ -300,15 +319,17 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
     return model.to(device, memory_format=_memory_format(device, args))
 
 
-def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0) -> int:
+def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0,
+         callbacks: Sequence[Callback] = ()) -> int:
+    """Train as `args` say; `callbacks` watch the loop (callbacks.py)."""
     topology = distributed.init(local_rank)
     try:
-        return _train(args, env, topology)
+        return _train(args, env, topology, Callbacks(callbacks))
     finally:
         distributed.cleanup(topology)
 
 
-def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> int:
+def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callbacks: Callbacks) -> int:
     stop = StopRequest()
     stop.install()
     device = torch.device(f"cuda:{topology.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -335,6 +356,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
     state = load_checkpoint(checkpoint, model, optimizer, scaler, card) or TrainState()
     if state.epoch and topology.is_main:
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
+    callbacks.on_train_begin(TrainingJob(model, criterion, optimizer, args, env, topology, device))
     if topology.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -350,6 +372,13 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         return make_loader(ds, batch_size=args.batch_size, num_workers=num_workers, sampler=sampler, pin_memory=pin)
 
     valid_loader = eval_loader(valid_ds)
+
+    def evaluate_split(split: str, loader) -> tuple[float, float, int]:
+        callbacks.on_evaluate_begin(split)
+        loss, acc, skipped = evaluate(_unwrap(model), criterion, loader, device, args, topology)
+        callbacks.on_evaluate_end(split, {f"{split}_loss": loss, f"{split}_acc": acc})
+        return loss, acc, skipped
+
     if topology.is_main:
         (env.output_data_dir).mkdir(parents=True, exist_ok=True)
         (env.output_data_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
@@ -358,9 +387,10 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         epoch = state.epoch + 1
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
+        callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(
-            model, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop)
+            model, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks)
         if interrupted:
             if topology.is_main:
                 save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
@@ -370,7 +400,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         if seen == 0:
             raise UserError("no readable training images")
         elapsed = time.perf_counter() - start
-        valid_loss, valid_acc, valid_skipped = evaluate(_unwrap(model), criterion, valid_loader, device, args, topology)
+        valid_loss, valid_acc, valid_skipped = evaluate_split("valid", valid_loader)
 
         state.end_epoch(valid_loss)
         metrics = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, valid_loss=valid_loss,
@@ -382,14 +412,14 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
                 log.warning("epoch=%d skipped unreadable images: %d training, %d validation",
                             epoch, skipped, valid_skipped)
             save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
+        callbacks.on_epoch_end(epoch, metrics)
         if state.should_stop_early(args.early_stopping_patience):
             if topology.is_main:
                 log.info("early stopping: valid_loss has not improved for %d epochs", args.early_stopping_patience)
             break
 
     if test_ds is not None:
-        test_loss, test_acc, test_skipped = evaluate(
-            _unwrap(model), criterion, eval_loader(test_ds), device, args, topology)
+        test_loss, test_acc, test_skipped = evaluate_split("test", eval_loader(test_ds))
         if topology.is_main:
             log.info(format_metrics(test_loss=test_loss, test_acc=test_acc))
             state.history.append(dict(test_loss=test_loss, test_acc=test_acc, test_skipped=test_skipped))
@@ -397,6 +427,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology) -> in
         models.save_artifact(env.model_dir, _unwrap(model), card)
         (env.output_data_dir / "metrics.json").write_text(json.dumps(state.history, indent=2) + "\n")
         log.info("model artifact written to %s", env.model_dir)
+    callbacks.on_train_end(state.history)
     return 0
 
 

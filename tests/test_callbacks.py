@@ -1,0 +1,62 @@
+"""The training loop's observer interface: call order, step records, and a callback that stops the job."""
+import pytest
+from test_train import job_env
+
+from imgclf.callbacks import Callback
+from imgclf.train import main, parse_hyperparameters
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after_epoch: int | None = None):
+        self.calls, self.steps, self.stop_after_epoch = [], [], stop_after_epoch
+
+    def on_train_begin(self, job):
+        self.calls.append(("train_begin", type(job.model).__name__))
+
+    def on_epoch_begin(self, epoch):
+        self.calls.append(("epoch_begin", epoch))
+
+    def on_step_end(self, record):
+        self.steps.append(record)
+
+    def on_evaluate_begin(self, split):
+        self.calls.append(("evaluate_begin", split))
+
+    def on_evaluate_end(self, split, metrics):
+        self.calls.append(("evaluate_end", split, sorted(metrics)))
+
+    def on_epoch_end(self, epoch, metrics):
+        self.calls.append(("epoch_end", epoch, metrics["valid_acc"] == pytest.approx(metrics["valid_acc"])))
+        if epoch == self.stop_after_epoch:
+            raise RuntimeError("stop here")
+
+    def on_train_end(self, history):
+        self.calls.append(("train_end", len(history)))
+
+
+def test_callbacks_see_the_job_in_order(tmp_path, image_folders):
+    env = job_env(tmp_path, image_folders)
+    recorder = Recorder()
+    assert main(parse_hyperparameters(env.hyperparameters), env, callbacks=[recorder]) == 0
+    valid = [("evaluate_begin", "valid"), ("evaluate_end", "valid", ["valid_acc", "valid_loss"])]
+    assert recorder.calls == [
+        ("train_begin", "ResNet"),
+        ("epoch_begin", 1), *valid, ("epoch_end", 1, True),
+        ("epoch_begin", 2), *valid, ("epoch_end", 2, True),
+        ("evaluate_begin", "test"), ("evaluate_end", "test", ["test_acc", "test_loss"]),
+        ("train_end", 3),
+    ]
+    # 36 training images in batches of 8, last partial batch dropped: 4 steps an epoch
+    assert [(r.epoch, r.step) for r in recorder.steps] == [(e, s) for e in (1, 2) for s in (1, 2, 3, 4)]
+    assert all(r.batch_size == 8 and r.loss.ndim == 0 for r in recorder.steps)
+    assert all(min(r.data_s, r.forward_s, r.backward_s, r.optimizer_s) >= 0 for r in recorder.steps)
+    assert all(r.forward_s > 0 and r.backward_s > 0 for r in recorder.steps)
+
+
+def test_a_callback_can_end_the_job(tmp_path, image_folders):
+    env = job_env(tmp_path, image_folders)
+    recorder = Recorder(stop_after_epoch=1)
+    with pytest.raises(RuntimeError, match="stop here"):
+        main(parse_hyperparameters(env.hyperparameters), env, callbacks=[recorder])
+    assert recorder.calls[-1] == ("epoch_end", 1, True)
+    assert not (env.model_dir / "model.pt").exists()
