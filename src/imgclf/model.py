@@ -20,6 +20,7 @@ import torchvision
 from torch import nn
 
 from . import __version__
+from .hyperparameters import ARCHS
 from .presets import EvalSettings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.pt"
 CARD_FILE = "model.json"
 FORMAT_VERSION = 1
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-ARCHS = RESNETS + ("efficientnet_lite0",)
 # Where the image keeps ImageNet weights baked in at build time, one `<arch>.pth` each.
 WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
 

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, hyperparameters
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
-from .contract import TrainingEnvironment, UserError, hyperparameters_to_argv, run_job
+from .contract import TrainingEnvironment, UserError, run_job
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
-from .hpo import BEST_KNOWN
 from .metrics import format_metrics
 from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
 
@@ -40,64 +39,14 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
-def str2bool(value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "1", "yes", "y", "on"):
-        return True
-    if v in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # report through the failure file instead of usage + exit(2)
-        raise UserError(f"bad hyperparameter: {message}")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = _ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--arch", default="resnet50", choices=models.ARCHS, help="network")
-    p.add_argument("--pretrained", type=str2bool, default=True,
-                   help="start from ImageNet weights (pretrained channel, baked-in file, or package); "
-                        "false trains from random initialisation")
-    p.add_argument("--freeze", type=str2bool, default=True, help="train the new head only; false fine-tunes all")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--batch-size", type=int, default=BEST_KNOWN["batch-size"], help="per process")
-    p.add_argument("--lr", type=float, default=BEST_KNOWN["lr"])
-    p.add_argument("--momentum", type=float, default=BEST_KNOWN["momentum"])
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--image-size", type=int, default=224, help="crop size fed to the network")
-    p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: CPUs per process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--valid-split", type=float, default=0.1,
-                   help="fraction of training held out when there is no validation channel")
-    p.add_argument("--early-stopping-patience", type=int, default=0,
-                   help="stop after this many epochs without a lower valid_loss (0: off)")
-    p.add_argument("--log-interval", type=int, default=50, help="steps between progress lines (0: off)")
-    p.add_argument("--amp", type=str2bool, default=True, help="mixed precision and channels_last on CUDA")
-    return p
+    """The job's flags, one per entry of the hyperparameter table (hyperparameters.py)."""
+    return hyperparameters.get_args_parser(__doc__.splitlines()[0])
 
 
-def hyperparameter_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """The job's hyperparameters: kebab-case name -> the parser's action for `--name`."""
-    return {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings and a.dest != "help"}
-
-
-def parse_hyperparameters(hyperparameters: dict[str, str], argv: list[str] | None = None) -> argparse.Namespace:
+def parse_hyperparameters(raw: dict[str, str], argv: list[str] | None = None) -> argparse.Namespace:
     """Typed arguments from SageMaker's string hyperparameters, then command-line overrides."""
-    parser = get_args_parser()
-    known = set(hyperparameter_actions(parser))
-    args = parser.parse_args(hyperparameters_to_argv(hyperparameters, known) + list(argv or []))
-    checks = {
-        "epochs": args.epochs >= 1, "batch-size": args.batch_size >= 1, "lr": args.lr > 0,
-        "momentum": 0 <= args.momentum <= 1, "image-size": args.image_size >= 16,
-        "valid-split": 0 < args.valid_split < 1, "early-stopping-patience": args.early_stopping_patience >= 0,
-    }
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad or (args.num_workers is not None and args.num_workers < 0):
-        name = (bad or ["num-workers"])[0]
-        raise UserError(f"bad hyperparameter: {name}={getattr(args, name.replace('-', '_'))} is out of range")
-    return args
+    return hyperparameters.parse(raw, argv, get_args_parser())
 
 
 # ---------------------------------------------------------------------------------------------

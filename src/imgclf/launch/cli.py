@@ -232,8 +232,7 @@ _HP_DESTS: dict[str, str] = {}  # hyperparameter name -> argparse dest, filled b
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from ..train import get_args_parser as training_parser
-    from ..train import hyperparameter_actions
+    from ..hyperparameters import HYPERPARAMETERS
 
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where to run")
@@ -275,9 +274,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     res.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity, run time included")
     res.add_argument("--no-wait", action="store_true", help="start the job and return")
     hps = job.add_argument_group("hyperparameters (sent to the job; defaults are the image's)")
-    for name, action in hyperparameter_actions(training_parser()).items():  # checked by the job's parser
-        _HP_DESTS[name] = "hp_" + action.dest
-        hps.add_argument(f"--{name}", dest=_HP_DESTS[name], metavar="VALUE", help=action.help)
+    for hp in HYPERPARAMETERS:  # checked by the job's own table before a job starts
+        _HP_DESTS[hp.name] = "hp_" + hp.dest
+        hps.add_argument(f"--{hp.name}", dest=_HP_DESTS[hp.name], metavar="VALUE", help=hp.help or None)
 
     p = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])

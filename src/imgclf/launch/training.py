@@ -1,7 +1,8 @@
 """Training jobs: an SDK Estimator on the image, with the package's hyperparameters and metric lines.
 
-Hyperparameters are checked here with the training job's own parser before a job starts, so a
-typo fails in a second on the user's machine rather than minutes later in a container.
+Hyperparameters are checked here with the training job's own table (hyperparameters.py) before a
+job starts, so a typo fails in a second on the user's machine rather than minutes later in a
+container; nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sagemaker.utils import name_from_base
 
 from ..contract import UserError
 from ..metrics import metric_definitions
-from ..train import parse_hyperparameters
+from ..hyperparameters import parse as parse_hyperparameters
 from .session import Target
 
 BASE_JOB_NAME = "imgclf"

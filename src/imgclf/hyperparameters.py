@@ -1,0 +1,123 @@
+"""The training job's hyperparameters as data: one entry per name, read by the job and the launcher.
+
+The training job builds its parser from `HYPERPARAMETERS`; the launcher (`imgclf train`,
+`imgclf tune`) builds its flags from the same table and checks values with `parse` before a job
+starts, without importing torch. Names are kebab-case as SageMaker passes them.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .contract import UserError, hyperparameters_to_argv
+from .hpo import BEST_KNOWN
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
+
+
+def str2bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "y", "on"):
+        return True
+    if v in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter. `low`/`high` bound numbers (inclusive unless `open` names the side)."""
+
+    name: str
+    type: type
+    default: object
+    help: str = ""
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    open: str = ""  # "low", "high" or "both": that bound is excluded
+
+    @property
+    def dest(self) -> str:
+        return self.name.replace("-", "_")
+
+    def in_range(self, value) -> bool:
+        if value is None or (self.low is None and self.high is None):
+            return True
+        low_ok = self.low is None or (value > self.low if self.open in ("low", "both") else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.open in ("high", "both") else value <= self.high)
+        return low_ok and high_ok
+
+    def range_text(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
+        left = "(" if self.open in ("low", "both") else "["
+        right = ")" if self.open in ("high", "both") or self.high is None else "]"
+        return f"{left}{self.low if self.low is not None else '-inf'}, {self.high if self.high is not None else 'inf'}{right}"
+
+
+HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
+    Hyperparameter("arch", str, "resnet50", "network", choices=ARCHS),
+    Hyperparameter("pretrained", bool, True, "start from ImageNet weights (pretrained channel, baked-in file, "
+                   "package, or torchvision's download); false trains from random initialisation"),
+    Hyperparameter("freeze", bool, True, "train the new head only; false fine-tunes all"),
+    Hyperparameter("epochs", int, 15, low=1),
+    Hyperparameter("batch-size", int, BEST_KNOWN["batch-size"], "per process", low=1),
+    Hyperparameter("lr", float, BEST_KNOWN["lr"], low=0, open="low"),
+    Hyperparameter("momentum", float, BEST_KNOWN["momentum"], low=0, high=1),
+    Hyperparameter("weight-decay", float, 0.0, low=0),
+    Hyperparameter("image-size", int, 224, "crop size fed to the network", low=16),
+    Hyperparameter("num-workers", int, None, "DataLoader workers (default: CPUs per process)", low=0),
+    Hyperparameter("seed", int, 0),
+    Hyperparameter("valid-split", float, 0.1, "fraction of training held out when there is no validation channel",
+                   low=0, high=1, open="both"),
+    Hyperparameter("early-stopping-patience", int, 0, "stop after this many epochs without a lower valid_loss (0: off)",
+                   low=0),
+    Hyperparameter("log-interval", int, 50, "steps between progress lines (0: off)", low=0),
+    Hyperparameter("amp", bool, True, "mixed precision and channels_last on CUDA"),
+    Hyperparameter("augment", bool, True, "random crops and flips of training images; false feeds them as "
+                   "evaluation does"),
+    Hyperparameter("features", bool, False, "frozen backbone: compute each image's backbone features once "
+                   "(or read the features channel) and train the head on them; no augmentation"),
+    Hyperparameter("extract-features", bool, False, "only compute the backbone features of every channel into "
+                   "the model dir, for a features channel of later jobs"),
+)
+
+BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # report through the failure file instead of usage + exit(2)
+        raise UserError(f"bad hyperparameter: {message}")
+
+
+def _argparse_type(hp: Hyperparameter):
+    return str2bool if hp.type is bool else hp.type
+
+
+def add_arguments(parser: argparse.ArgumentParser, table=HYPERPARAMETERS) -> None:
+    for hp in table:
+        parser.add_argument(f"--{hp.name}", type=_argparse_type(hp), default=hp.default, choices=hp.choices,
+                            help=hp.help or None)
+
+
+def get_args_parser(description: str = "") -> argparse.ArgumentParser:
+    """The training job's parser: every hyperparameter as a `--name` flag with its default."""
+    parser = _ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def parse(hyperparameters: Mapping[str, str], argv: list[str] | None = None,
+          parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Typed, range-checked arguments from SageMaker's string hyperparameters, then command-line overrides."""
+    parser = parser or get_args_parser()
+    known = {a.option_strings[0][2:] for a in parser._actions if a.option_strings and a.dest != "help"}
+    args = parser.parse_args(hyperparameters_to_argv(hyperparameters, known) + list(argv or []))
+    for hp in HYPERPARAMETERS:
+        value = getattr(args, hp.dest, None)
+        if isinstance(value, float) and not math.isfinite(value) or not hp.in_range(value):
+            raise UserError(f"bad hyperparameter: {hp.name}={value} is out of range {hp.range_text()}".rstrip())
+    return args
