@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
-CHANNELS = ("training", "validation", "test", "pretrained")
+CHANNELS = ("training", "validation", "test", "pretrained", "features")  # features: features.py
 # Hyperparameters SageMaker itself adds (SDK script mode, tuning jobs); not ours to parse.
 RESERVED_PREFIXES = ("sagemaker_", "_")
 

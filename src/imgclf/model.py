@@ -121,8 +121,15 @@ def freeze_backbone(model: nn.Module) -> None:
 
 
 def train_mode(model: nn.Module) -> None:
-    """`model.train()`, except that batch-norm layers of a frozen backbone keep running stats fixed."""
+    """`model.train()`, except that a frozen backbone runs as in evaluation: fixed batch-norm statistics,
+    no dropout or stochastic depth. It is then a fixed function of the image, whose features can be
+    computed once (features.py); only the head trains. Frozen batch-norm layers of a partly frozen
+    network keep their running statistics too."""
     model.train()
+    if not any(p.requires_grad for name, p in model.named_parameters() if not name.startswith(head_name(model) + ".")):
+        model.eval()
+        head(model).train()
+        return
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
             m.eval()

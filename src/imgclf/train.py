@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, hyperparameters
+from . import distributed, features, hyperparameters
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .contract import TrainingEnvironment, UserError, run_job
@@ -121,7 +121,8 @@ def batches(loader, device, args, tally: Tally):
     for images, targets, n_skipped in loader:
         tally.skipped += n_skipped
         if len(targets):
-            yield (images.to(device, non_blocking=True, memory_format=_memory_format(device, args)),
+            layout = _memory_format(device, args) if images.dim() == 4 else torch.contiguous_format
+            yield (images.to(device, non_blocking=True, memory_format=layout),
                    targets.to(device, non_blocking=True))
 
 
@@ -268,6 +269,41 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
     return model.to(device, memory_format=_memory_format(device, args))
 
 
+def check_feature_args(args, topology: distributed.Topology) -> None:
+    if not (args.pretrained and args.freeze):
+        raise UserError("features and extract-features need a frozen pretrained backbone (pretrained=true, "
+                        "freeze=true): a backbone that learns has no fixed features")
+    if topology.distributed:
+        raise UserError("features and extract-features run in one process: use one instance without several GPUs")
+
+
+def cached_features(args, env: TrainingEnvironment, model, card: models.ModelCard, channel_set, image_datasets,
+                    num_workers: int, device) -> features.FeatureSet:
+    """The backbone features of every split: the features channel's, after checking it fits this job; else
+    those cached in the checkpoint dir (or, for extract-features, the model dir) when their key matches;
+    else computed now and written there."""
+    weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+    identity = json.loads(json.dumps(dict(  # through JSON, as the manifest keeps it
+        arch=args.arch, weights_sha256=features.file_digest(weights), eval=card.eval.to_dict(),
+        classes=list(card.classes), holdout=None if "validation" in env.channels else [args.valid_split, args.seed])))
+    named = {split: ds for split, ds in zip(features.SPLITS, image_datasets) if ds is not None}
+    data = {split: features.data_identity(ds) for split, ds in named.items()}
+    if channel_set is not None:
+        if not named:  # no image channels: how the images were split is the set's own business
+            identity.pop("holdout")
+        channel_set.check(identity, data)
+        return channel_set
+
+    def compute():
+        head = models.head(model)
+        return {split: features.extract(model, head, make_loader(ds, batch_size=args.batch_size, num_workers=num_workers),
+                                        device, lambda: autocast(device, args.amp))
+                for split, ds in named.items()}
+
+    where = env.model_dir if args.extract_features else env.checkpoint_dir / "features"
+    return features.ensure(where, identity, data, compute)
+
+
 def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0,
          callbacks: Sequence[Callback] = ()) -> int:
     """Train as `args` say; `callbacks` watch the loop (callbacks.py)."""
@@ -287,15 +323,35 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     mean, std = models.normalisation(args.arch)
     eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std)
-    train_tf = ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std)
     eval_tf = ClassificationPresetEval.from_settings(eval_settings)
-    classes, train_ds, valid_ds, test_ds = build_datasets(env, args, train_tf, eval_tf)
+    use_features = args.features or args.extract_features
+    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std)
+                if args.augment and not use_features else eval_tf)
+    channel_features = None
+    if use_features:
+        check_feature_args(args, topology)
+        if args.features and "features" in env.channels:
+            channel_features = features.open_channel(env.channels["features"], env.checkpoint_dir)
+    if channel_features is not None and "training" not in env.channels:  # the features alone are enough
+        classes, train_ds, valid_ds, test_ds = channel_features.classes, None, None, None
+    else:
+        classes, train_ds, valid_ds, test_ds = build_datasets(env, args, train_tf, eval_tf)
     card = models.ModelCard(arch=args.arch, classes=tuple(classes), eval=eval_settings)
-    if topology.is_main:
-        log.info("%d classes, %d training and %d validation images%s", len(classes), len(train_ds), len(valid_ds),
-                 f", {len(test_ds)} test images" if test_ds else "")
 
     model = build_model(args, classes, env, device)
+    net = model  # what the loop runs: the network, or only its head on cached backbone features
+    if use_features:
+        feature_set = cached_features(args, env, model, card, channel_features, (train_ds, valid_ds, test_ds),
+                                      num_workers, device)
+        if args.extract_features:
+            log.info("features of %s written to %s", ", ".join(feature_set.splits), feature_set.path)
+            return 0
+        train_ds, valid_ds, test_ds = (feature_set.dataset(s) if s in feature_set.splits else None
+                                       for s in features.SPLITS)
+        net, num_workers = models.head(model), 0
+    if topology.is_main:
+        log.info("%d classes, %d training and %d validation images%s%s", len(classes), len(train_ds), len(valid_ds),
+                 f", {len(test_ds)} test images" if test_ds else "", " (cached features)" if use_features else "")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
@@ -307,7 +363,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     callbacks.on_train_begin(TrainingJob(model, criterion, optimizer, args, env, topology, device))
     if topology.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     pin = device.type == "cuda"
     train_sampler = (torch.utils.data.DistributedSampler(train_ds, topology.world_size, topology.rank, seed=args.seed)
@@ -324,7 +381,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     def evaluate_split(split: str, loader) -> tuple[float, float, int]:
         callbacks.on_evaluate_begin(split)
-        loss, acc, skipped = evaluate(_unwrap(model), criterion, loader, device, args, topology)
+        loss, acc, skipped = evaluate(_unwrap(net), criterion, loader, device, args, topology)
         callbacks.on_evaluate_end(split, {f"{split}_loss": loss, f"{split}_acc": acc})
         return loss, acc, skipped
 
@@ -339,7 +396,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(
-            model, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks)
+            net, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks)
         if interrupted:
             if topology.is_main:
                 save_checkpoint(checkpoint, model, optimizer, scaler, state, card)

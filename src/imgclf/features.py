@@ -1,0 +1,193 @@
+"""The feature cache: with a frozen backbone, each image's backbone features are computed once.
+
+A frozen backbone runs as in evaluation (model.train_mode), so an image's features (the head's
+input) never change between epochs or tuning trials: only the head learns. A feature set holds
+them for the training, validation and test splits, computed with the evaluation transform (no
+random crops or flips), in a safe format: one `.npy` array per split and kind (read with
+`allow_pickle=False`) and `manifest.json`:
+
+    {"format_version", "key", "identity": {arch, weights sha256, eval transform, classes, holdout},
+     "data": {split: [[relative path, size, mtime_ns], ...]}, "splits": {split: {count, dim, skipped}}}
+
+`key` hashes identity and data (files, sizes, times): a job with the same key reuses the set.
+A `features` channel (what `extract-features` jobs write, also as their model.tar.gz) is checked
+against the job's identity, and against its image channels' names and sizes when it has them
+(a copy to another machine changes the times, not the data).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from .contract import UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_identity(dataset) -> list[list]:
+    """[relative path, size, mtime_ns] of every image of a dataset (an ImageFolderDataset or a Subset of one)."""
+    indices = None
+    if isinstance(dataset, Subset):
+        dataset, indices = dataset.dataset, list(dataset.indices)
+    samples = dataset.samples if indices is None else [dataset.samples[i] for i in indices]
+    rows = []
+    for path, _ in samples:
+        st = os.stat(path)
+        rows.append([os.path.relpath(path, dataset.root), st.st_size, st.st_mtime_ns])
+    return rows
+
+
+def cache_key(identity: dict, data: dict) -> str:
+    blob = json.dumps({"identity": identity, "data": data}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+@torch.inference_mode()
+def extract(model: nn.Module, head: nn.Module, loader, device, autocast: Callable) -> tuple[np.ndarray, np.ndarray, int]:
+    """(features, targets, unreadable images skipped): the head's input for every image of `loader`;
+    `autocast()` gives the precision context the job runs the network in."""
+    captured = []
+    hook = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].float().cpu()))
+    model.eval()
+    targets, skipped = [], 0
+    try:
+        for images, batch_targets, n_skipped in loader:
+            skipped += n_skipped
+            if len(batch_targets):
+                with autocast():
+                    model(images.to(device))
+                targets.append(batch_targets)
+    finally:
+        hook.remove()
+    if not captured:
+        return np.zeros((0, head.in_features), np.float32), np.zeros(0, np.int64), skipped
+    return torch.cat(captured).numpy(), torch.cat(targets).numpy().astype(np.int64), skipped
+
+
+@dataclass
+class FeatureSet:
+    """A feature set on disk: its manifest, and its arrays loaded on demand."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["identity"]["classes"])
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def dataset(self, split: str) -> TensorDataset:
+        x = np.load(self.path / f"{split}.features.npy", allow_pickle=False)
+        y = np.load(self.path / f"{split}.targets.npy", allow_pickle=False)
+        return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+    def check(self, identity: dict, data: dict) -> None:
+        """Refuse a set made for another network, transform, class list or data."""
+        theirs = self.manifest["identity"]
+        wrong = [k for k in identity if theirs.get(k) != identity[k]]
+        if wrong:
+            detail = ", ".join(f"{k}: set {theirs.get(k)!r}, job {identity[k]!r}" for k in wrong)
+            raise UserError(f"the features in {self.path} were computed for another job ({detail[:400]}): "
+                            "compute them again for this one, or leave out the features channel")
+        for split, rows in data.items():
+            mine = [r[:2] for r in rows]
+            stored = [r[:2] for r in self.manifest["data"].get(split, [])]
+            if mine != stored:
+                raise UserError(f"the features in {self.path} were computed from other {split} images "
+                                f"({len(stored)} files, this job has {len(mine)}): compute them again")
+
+
+def load(path: Path) -> FeatureSet | None:
+    manifest_file = Path(path) / MANIFEST
+    if not manifest_file.is_file():
+        return None
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{manifest_file}: feature set format {manifest.get('format_version')!r}, "
+                        f"expected {FORMAT_VERSION}")
+    return FeatureSet(Path(path), manifest)
+
+
+def save(path: Path, identity: dict, data: dict, arrays: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> FeatureSet:
+    """Write a set into `path` (arrays first, the manifest last: a set without one is incomplete)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)
+    splits = {}
+    for split, (x, y, skipped) in arrays.items():
+        for kind, a in (("features", x), ("targets", y)):
+            tmp = path / f"{split}.{kind}.tmp.npy"
+            np.save(tmp, a, allow_pickle=False)
+            os.replace(tmp, path / f"{split}.{kind}.npy")
+        splits[split] = {"count": int(len(y)), "dim": int(x.shape[1]), "skipped": int(skipped)}
+    manifest = {"format_version": FORMAT_VERSION, "key": cache_key(identity, data), "identity": identity,
+                "data": data, "splits": splits}
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest) + "\n")
+    os.replace(tmp, path / MANIFEST)
+    return FeatureSet(path, manifest)
+
+
+def open_channel(channel: Path, scratch: Path) -> FeatureSet:
+    """The feature set of a `features` channel: its folder, a subfolder, or a model.tar.gz holding it
+    (what an extract-features job leaves on S3), unpacked under `scratch`."""
+    channel = Path(channel)
+    found = load(channel)
+    if found:
+        return found
+    sets = sorted(p.parent for p in channel.glob(f"*/{MANIFEST}"))
+    if len(sets) == 1:
+        return load(sets[0])
+    archives = sorted(channel.glob("*.tar.gz"))
+    if not sets and len(archives) == 1:
+        target = Path(tempfile.mkdtemp(prefix="features-", dir=scratch if scratch.is_dir() else None))
+        with tarfile.open(archives[0]) as tar:
+            tar.extractall(target, filter="data")
+        found = load(target)
+        if found:
+            return found
+        shutil.rmtree(target, ignore_errors=True)
+    raise UserError(f"the features channel {channel} holds no feature set: give the folder or model.tar.gz "
+                    "that an extract-features job wrote (it has manifest.json)")
+
+
+def ensure(path: Path, identity: dict, data: dict, compute: Callable[[], dict]) -> FeatureSet:
+    """The set at `path` when its key matches; else `compute()` the arrays and write them there."""
+    key = cache_key(identity, data)
+    found = load(path)
+    if found and found.key == key:
+        log.info("features: reusing %s (key %s)", path, key)
+        return found
+    log.info("features: computing backbone features into %s (key %s)", path, key)
+    return save(path, identity, data, compute())
