@@ -7,11 +7,12 @@ starts, without importing torch. Names are kebab-case as SageMaker passes them.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .contract import UserError, hyperparameters_to_argv
+from .contract import UserError, decode_value, hyperparameters_to_argv
 from .hpo import BEST_KNOWN
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
@@ -121,3 +122,15 @@ def parse(hyperparameters: Mapping[str, str], argv: list[str] | None = None,
         if isinstance(value, float) and not math.isfinite(value) or not hp.in_range(value):
             raise UserError(f"bad hyperparameter: {hp.name}={value} is out of range {hp.range_text()}".rstrip())
     return args
+
+
+def typed(raw: Mapping[str, object]) -> dict:
+    """Known hyperparameters typed by the table (`"\\"64\\""` and `"64"` both 64, `"true"` True), as
+    `Estimator.set_hyperparameters(**...)` takes them; other names are left out."""
+    out = {}
+    for name, value in raw.items():
+        if name in BY_NAME:
+            hp = BY_NAME[name]
+            text = decode_value(value if isinstance(value, str) else json.dumps(value))
+            out[name] = None if text == "null" else _argparse_type(hp)(text)
+    return out

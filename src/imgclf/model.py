@@ -127,7 +127,8 @@ def train_mode(model: nn.Module) -> None:
     network keep their running statistics too."""
     model.train()
     if not any(p.requires_grad for name, p in model.named_parameters() if not name.startswith(head_name(model) + ".")):
-        model.eval()
+        for child in model.children():
+            child.eval()
         head(model).train()
         return
     for m in model.modules():

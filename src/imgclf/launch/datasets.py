@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 from ..contract import UserError
 
+# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out so
+# that the launcher does not import torch
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 # split folder name -> channel, in the order they are looked for
 SPLIT_CHANNELS = {"train": "training", "training": "training", "valid": "validation",
