@@ -367,8 +367,9 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
     pin = device.type == "cuda"
-    train_sampler = (torch.utils.data.DistributedSampler(train_ds, topology.world_size, topology.rank, seed=args.seed)
-                     if topology.distributed else None)
+    # the epoch's order from (seed, epoch) alone, whatever the loader's workers draw: images or cached
+    # features are then seen in the same order, and a resumed epoch repeats the interrupted one's
+    train_sampler = torch.utils.data.DistributedSampler(train_ds, topology.world_size, topology.rank, seed=args.seed)
     train_loader = make_loader(train_ds, batch_size=args.batch_size, num_workers=num_workers, sampler=train_sampler,
                                shuffle=True, drop_last=len(train_ds) > args.batch_size * topology.world_size,
                                pin_memory=pin, seed=args.seed)
@@ -391,8 +392,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     while state.epoch < args.epochs:
         epoch = state.epoch + 1
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch)
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(
