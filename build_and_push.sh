@@ -8,6 +8,8 @@ Usage: ./build_and_push.sh [OPTION...] [IMAGE_NAME] [TAG]
 
 Builds docker/Dockerfile and pushes it as IMAGE_NAME:TAG (default imgclf:latest) to the Amazon
 ECR registry of the account whose credentials are in use, creating the repository if missing.
+The build bakes in ResNet50's ImageNet weights (downloaded from torchvision, so the build machine
+needs the internet), which the default training job uses.
 
 Options:
   --region REGION      AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's
@@ -17,6 +19,8 @@ Options:
   --registry HOST      push to this registry (HOST[:PORT][/PATH]) instead of ECR; no AWS calls
                        (log in first with docker login HOST if it needs credentials)
   --no-build           push IMAGE_NAME:TAG as already built (the image a CI job has tested)
+  --no-weights         build without baked-in ImageNet weights (offline build machines); jobs then
+                       download them at run time when they can, or need a pretrained channel
   --dry-run            print the commands instead of running them; AWS is only read (account,
                        repository), nothing is created, built or pushed
   -h, --help           this help
@@ -27,7 +31,7 @@ USAGE
 
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
-region="" profile="" platform="" registry="" build=true dry_run=false positional=()
+region="" profile="" platform="" registry="" build=true weights=true dry_run=false positional=()
 while (($#)); do
   case "$1" in
     --region) region=${2:?--region needs a value}; shift 2 ;;
@@ -35,6 +39,7 @@ while (($#)); do
     --platform) platform=${2:?--platform needs a value}; shift 2 ;;
     --registry) registry=${2:?--registry needs a value}; shift 2 ;;
     --no-build) build=false; shift ;;
+    --no-weights) weights=false; shift ;;
     --dry-run) dry_run=true; shift ;;
     -h | --help) usage; exit 0 ;;
     -*) usage >&2; die "unknown option $1" ;;
@@ -100,6 +105,7 @@ if $build; then
   if $dry_run; then build_cmd+=(--print); fi
   build_cmd+=("$image:$tag")
   if [ -n "$platform" ]; then build_cmd+=(--platform "$platform"); fi
+  if ! $weights; then build_cmd+=(--build-arg PRETRAINED_ARCHS=); fi
   "${build_cmd[@]}" || die "docker build failed"
 fi
 run docker tag "$image:$tag" "$fullname"

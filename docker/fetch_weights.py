@@ -1,7 +1,8 @@
 """Save torchvision's ImageNet weights as `<dir>/<arch>.pth` state_dicts: the image's baked-in weights.
 
-Run at build time (`--build-arg PRETRAINED_ARCHS=resnet50`), where the internet is reachable;
-training finds the files through IMGCLF_WEIGHTS_DIR and never downloads at run time.
+Run at build time (`--build-arg PRETRAINED_ARCHS=resnet50`, the default), where the internet is
+reachable; training finds the files through IMGCLF_WEIGHTS_DIR and needs no download at run time.
+Without the internet it stops and says how to build without weights.
 
     python fetch_weights.py /opt/weights resnet50,resnet18
 """
@@ -23,7 +24,13 @@ def fetch(out: Path, archs: list[str]) -> None:
         except ValueError:
             raise SystemExit(f"torchvision has no ImageNet weights for {arch!r}; PRETRAINED_ARCHS takes "
                              "torchvision model names such as resnet50") from None
-        torch.save(weights.get_state_dict(progress=False), out / f"{arch}.pth")
+        try:
+            state = weights.get_state_dict(progress=False)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise SystemExit(f"cannot download the ImageNet weights of {arch} from {weights.url} ({e}): on a "
+                             "machine without the internet, build with --build-arg PRETRAINED_ARCHS= "
+                             "(./build_and_push.sh --no-weights) to leave them out") from None
+        torch.save(state, out / f"{arch}.pth")
         print(f"{arch}: {weights} saved to {out / f'{arch}.pth'}")
 
 

@@ -163,7 +163,7 @@ def test_build_then_push_to_an_unreachable_registry(docker_image, script_env):
     """The script builds the product image (from the session's cached layers), tags it, and says
     clearly that the push failed."""
     nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
-    proc = run_script(script_env, "--registry", nowhere, "imgclf-build", "v0")
+    proc = run_script(script_env, "--no-weights", "--registry", nowhere, "imgclf-build", "v0")  # offline here
     try:
         assert proc.returncode != 0
         assert f"docker push {nowhere}/imgclf-build:v0 failed" in proc.stderr, proc.stderr[-3000:]
@@ -186,6 +186,18 @@ def test_dry_run_prints_and_changes_nothing(registry, script_env):
     assert requests.get(f"http://{registry}/v2/_catalog", timeout=10).json()["repositories"] == []
     if docker_available():
         assert subprocess.run(["docker", "image", "inspect", "imgclf-dry:v2"], capture_output=True).returncode != 0
+
+
+def test_weights_are_baked_in_unless_opted_out(registry, script_env):
+    """A plain build bakes the default arch's ImageNet weights (the Dockerfile's default); --no-weights,
+    for build machines without the internet, leaves them out."""
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "\nARG PRETRAINED_ARCHS=resnet50\n" in dockerfile
+    plain = run_script({**script_env, "DOCKER_BUILD_ARGS": ""}, "--dry-run", "--registry", registry, "imgclf-dry", "v3")
+    assert plain.returncode == 0 and "+ docker build" in plain.stdout and "PRETRAINED_ARCHS" not in plain.stdout
+    opted_out = run_script(script_env, "--dry-run", "--no-weights", "--registry", registry, "imgclf-dry", "v3")
+    build_line = next(line for line in opted_out.stdout.splitlines() if line.startswith("+ docker build"))
+    assert build_line.rstrip().split()[-3:-1] == ["--build-arg", "PRETRAINED_ARCHS="]  # last: wins over others
 
 
 def test_ecr_dry_run_reads_account_and_region(aws_env, moto):

@@ -1,4 +1,8 @@
+import functools
+import hashlib
+import http.server
 import json
+import threading
 
 import pytest
 import torch
@@ -95,3 +99,49 @@ def test_missing_or_future_artifact_is_a_model_error(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({**card().to_dict(), "format_version": 99}))
     with pytest.raises(models.ModelError, match="format_version"):
         models.load_artifact(tmp_path)
+
+
+@pytest.fixture
+def weights_server(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 (a free port): stands in for torchvision's download site."""
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_missing_weights_are_downloaded_once_and_checked(tmp_path, monkeypatch, weights_server):
+    """Neither channel nor image has resnet18's weights: torchvision's file is downloaded into torch's
+    hub cache (its name's hash checked), then found there without the network."""
+    site, url = weights_server
+    monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(tmp_path / "baked-none"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    imagenet = models.create_model("resnet18", 1000).state_dict()
+    torch.save(imagenet, site / "weights.pth")
+    name = f"resnet18-{hashlib.sha256((site / 'weights.pth').read_bytes()).hexdigest()[:8]}.pth"
+    (site / "weights.pth").rename(site / name)
+    (site / "resnet18-00000000.pth").write_bytes(b"not the file its name promises")
+
+    monkeypatch.setattr(models, "weights_url", lambda arch: f"{url}/resnet18-00000000.pth")
+    assert models.find_imagenet_weights("resnet18", None) is None  # a wrong hash is no weights
+    assert not list((tmp_path / "torch").rglob("*.pth*"))
+
+    monkeypatch.setattr(models, "weights_url", lambda arch: f"{url}/{name}")
+    found = models.find_imagenet_weights("resnet18", None)
+    assert found == tmp_path / "torch" / "hub" / "checkpoints" / name
+    net = models.create_model("resnet18", 3)
+    models.load_backbone(net, found)
+    assert torch.equal(net.conv1.weight, imagenet["conv1.weight"])
+    (site / name).unlink()  # gone from the site: the cached file is enough
+    assert models.find_imagenet_weights("resnet18", None) == found
+
+
+def test_unreachable_download_gives_no_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(tmp_path / "baked-none"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(models, "weights_url", lambda arch: "http://127.0.0.1:9/resnet50-0123abcd.pth")
+    assert models.find_imagenet_weights("resnet50", None) is None

@@ -95,6 +95,8 @@ def test_transfer_from_pretrained_channel_with_frozen_backbone(tmp_path, image_f
 
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, image_folders, monkeypatch):
     monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(tmp_path / "nothing"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty download cache
+    monkeypatch.setattr(models, "weights_url", lambda arch: f"http://127.0.0.1:9/{arch}-0123abcd.pth")  # unreachable
     with pytest.raises(UserError, match="pretrained' channel"):
         run(job_env(tmp_path, image_folders, pretrained="true"))
 

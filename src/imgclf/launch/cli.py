@@ -4,7 +4,10 @@
     imgclf data check ./data/dogImages             class folders per split, image counts
     imgclf data upload ./data/dogImages s3://bucket/dogs
     imgclf train --data s3://bucket/dogs --epochs 5 --instance-count 2
-    imgclf tune --data s3://bucket/dogs --max-jobs 20 --max-parallel-jobs 2
+    imgclf features --data s3://bucket/dogs --arch resnet50 --image-size 224
+    imgclf tune --data s3://bucket/dogs --max-jobs 20 --max-parallel-jobs 2 [--features s3://.../model.tar.gz]
+    imgclf tune --local --data ./data --max-jobs 8 --epochs 3     the Optuna tuner in one container
+    imgclf train --best best.json --data s3://bucket/dogs         the final model with the best trial's values
     imgclf deploy --training-job imgclf-2024-... [--serverless-memory 4096 | --multi-model s3://...]
     imgclf invoke ENDPOINT dog.jpg --top-k 3
     imgclf delete ENDPOINT
@@ -82,27 +85,69 @@ def cmd_train(args) -> None:
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")
 
 
+def cmd_features(args) -> None:
+    """An extract-features job: its model.tar.gz is the features channel of later jobs."""
+    from .training import estimator, train
+
+    target = _target(args)
+    spec = _job_spec(args, target)
+    spec.hyperparameters["extract-features"] = True
+    spec.base_job_name = "imgclf-features"
+    result = train(estimator(spec, target), _inputs(args, target), wait=not args.no_wait)
+    if args.no_wait:
+        print(f"training job: {result}")
+    else:
+        print(f"features: {result}\n(give it to the jobs of this data, arch, weights and image size: "
+              f"imgclf tune --features {result} ...)")
+
+
 def cmd_tune(args) -> None:
     from . import tuning
 
     target = _target(args)
     if args.best:
         if target.local:
-            raise UserError("--best reads a SageMaker tuning job; a local search prints its best when it ends")
-        print(tuning.best(args.best, target).describe())
+            raise UserError("--best reads a SageMaker tuning job; a local search writes best.json when it ends")
+        _show_best(tuning.best(args.best, target), args.best_json or f"{args.best}.best.json")
+        return
+    if target.local:
+        _local_tune(args, tuning)
         return
     spec = _job_spec(args, target)
-    if target.local:
-        print(tuning.local_search(spec, target, _inputs(args, target), max_jobs=args.max_jobs).describe())
-        return
     tuner = tuning.tuner(spec, target, max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs,
-                         strategy=args.strategy, early_stopping=args.early_stopping)
+                         strategy=args.strategy, early_stopping=args.early_stopping,
+                         warm_start=args.warm_start or (), warm_start_type=args.warm_start_type, seed=args.tuner_seed)
     tuner.fit(_inputs(args, target), wait=False)
     name = tuner.latest_tuning_job.name
     print(f"tuning job: {name}")
     if not args.no_wait:
         tuner.wait()
-        print(tuning.best(name, target).describe())
+        _show_best(tuning.best(name, target), args.best_json or f"{name}.best.json")
+
+
+def _show_best(best, path) -> None:
+    from .tuning import write_best
+
+    print(best.describe())
+    print(f"best trial written to {write_best(best.to_json(), Path(path))}; "
+          f"final model: imgclf train --best {path} --data ...")
+
+
+def _local_tune(args, tuning) -> None:
+    """The Optuna tuner in one container: trials in turn, heads on cached features, resumable."""
+    if not args.data or args.training or args.validation or args.test or args.features:
+        raise UserError("a local search takes its images from --data (a folder with train/ [valid/ test/]); "
+                        "it computes the features itself")
+    if args.strategy not in ("Bayesian", None) or args.warm_start:
+        raise UserError("a local search is Optuna's TPE with --pruner; --strategy and --warm-start are "
+                        "SageMaker's")
+    fixed = dict(_job_spec(args, _target(args)).hyperparameters)
+    output = Path(args.output_path.removeprefix("file://")) if args.output_path else \
+        Path(args.local_root or ".") / "imgclf-tuning"
+    best = tuning.local_search(_image_uri(args), Path(args.data.removeprefix("file://")), output,
+                               trials=args.max_jobs, pruner=args.pruner, fixed=fixed, features=not args.no_features,
+                               seed=args.tuner_seed or 0, gpu=args.local_gpu)
+    print(f"best trial: {output / 'best.json'} ({best['objective']['metric']}={best['objective']['value']})")
 
 
 def cmd_deploy(args) -> None:
@@ -190,8 +235,16 @@ def _default_local_output(args) -> str:
 def _job_spec(args, target):
     from .training import JobSpec
 
-    hyperparameters = {name: getattr(args, dest) for name, dest in _HP_DESTS.items()
-                       if getattr(args, dest) is not None}
+    hyperparameters = {}
+    if getattr(args, "best_trial", None):  # the final model: the best trial's values, FINAL_EPOCHS epochs
+        from ..hpo import FINAL_EPOCHS
+        from .tuning import read_best
+
+        hyperparameters = {**read_best(Path(args.best_trial)), "epochs": FINAL_EPOCHS}
+    hyperparameters.update({name: getattr(args, dest) for name, dest in _HP_DESTS.items()
+                            if getattr(args, dest) is not None})
+    if args.features:
+        hyperparameters["features"] = True
     output = args.output_path or (_default_local_output(args) if target.local else None)
     return JobSpec(image_uri=_image_uri(args), hyperparameters=hyperparameters, instance_type=args.instance_type,
                    instance_count=args.instance_count, output_path=output, checkpoint_s3_uri=args.checkpoint_s3_uri,
@@ -202,7 +255,7 @@ def _inputs(args, target) -> dict[str, str]:
     from . import datasets
 
     extra = dict(training=args.training, validation=args.validation, test=args.test,
-                 pretrained=args.pretrained_weights)
+                 pretrained=args.pretrained_weights, features=args.features)
     if target.local:
         extra = {k: datasets.local_uri(v) for k, v in extra.items() if v}
     if not args.data:
@@ -262,6 +315,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--validation", help="validation channel URI")
     data.add_argument("--test", help="test channel URI")
     data.add_argument("--pretrained-weights", help="pretrained channel URI: a folder with <arch>.pth")
+    data.add_argument("--features", help="features channel URI: the model.tar.gz (or folder) of `imgclf features`; "
+                                         "sets features=true, so a frozen backbone's head trains on it")
     res = job.add_argument_group("job")
     res.add_argument("--instance-type", default="ml.g4dn.xlarge")
     res.add_argument("--instance-count", type=int, default=1, help="more than one trains distributed (DDP)")
@@ -275,6 +330,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     res.add_argument("--no-wait", action="store_true", help="start the job and return")
     hps = job.add_argument_group("hyperparameters (sent to the job; defaults are the image's)")
     for hp in HYPERPARAMETERS:  # checked by the job's own table before a job starts
+        if hp.name in ("features", "extract-features"):  # set by --features and `imgclf features`
+            continue
         _HP_DESTS[hp.name] = "hp_" + hp.dest
         hps.add_argument(f"--{hp.name}", dest=_HP_DESTS[hp.name], metavar="VALUE", help=hp.help or None)
 
@@ -290,14 +347,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     t = sub.add_parser("train", parents=[common, image, job], help="run a training job")
+    t.add_argument("--best", dest="best_trial", metavar="BEST_JSON",
+                   help="train the final model with a tuner's best trial (best.json): its hyperparameters, "
+                        "15 epochs unless --epochs; flags given override")
     t.set_defaults(func=cmd_train)
 
-    tu = sub.add_parser("tune", parents=[common, image, job], help="run a tuning job over the search space")
-    tu.add_argument("--max-jobs", type=int, default=20)
+    f = sub.add_parser("features", parents=[common, image, job],
+                       help="compute a frozen backbone's features once, for the features channel of later jobs")
+    f.set_defaults(func=cmd_features)
+
+    tu = sub.add_parser("tune", parents=[common, image, job], help="tune over the search space: a SageMaker "
+                                                                   "tuning job, or with --local the Optuna tuner")
+    tu.add_argument("--max-jobs", type=int, default=20, help="trials (with --local: finished trials)")
     tu.add_argument("--max-parallel-jobs", type=int, default=2)
-    tu.add_argument("--strategy", default="Bayesian")
-    tu.add_argument("--early-stopping", default="Auto", choices=("Auto", "Off"))
+    tu.add_argument("--strategy", default="Bayesian", help="Bayesian, Random, Hyperband (resources: epochs) or Grid")
+    tu.add_argument("--early-stopping", choices=("Auto", "Off"), help="default: Auto, Off with Hyperband")
+    tu.add_argument("--warm-start", action="append", metavar="TUNING_JOB",
+                    help="start from the trials of an earlier tuning job (repeat for up to 5)")
+    tu.add_argument("--warm-start-type", default="IdenticalDataAndAlgorithm",
+                    choices=("IdenticalDataAndAlgorithm", "TransferLearning"))
+    tu.add_argument("--tuner-seed", type=int, help="the tuner's random seed (with --local: the TPE sampler's, "
+                                                   "default 0)")
+    tu.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
+                    help="--local: stop trials whose per-epoch objective lags")
+    tu.add_argument("--no-features", action="store_true",
+                    help="--local: push every image through the backbone in every trial")
     tu.add_argument("--best", metavar="TUNING_JOB", help="only show the best trial of this tuning job")
+    tu.add_argument("--best-json", metavar="FILE", help="where the best trial goes (default: <tuning job>.best.json)")
     tu.set_defaults(func=cmd_tune)
 
     de = sub.add_parser("deploy", parents=[common, image, instances, model_source], help="create an endpoint")

@@ -82,8 +82,9 @@ def train(est: Estimator, inputs: dict[str, str], *, wait: bool = True, job_name
 
     Returns the model artifact's URI when waited for, else the job name.
     """
-    if "training" not in inputs:
-        raise UserError("no training channel: give a data root with train/ or a training URI")
+    if "training" not in inputs and "features" not in inputs:
+        raise UserError("no training channel: give a data root with train/ or a training URI "
+                        "(or, with a frozen backbone, --features)")
     job_name = job_name or name_from_base(est.base_job_name or BASE_JOB_NAME)
     if est.output_path and est.output_path.startswith("file://"):
         # Local mode puts model.tar.gz straight into a file:// output path, not under the job's

@@ -1,31 +1,39 @@
-"""Hyperparameter tuning: the package's search space as a SageMaker tuning job, and its best trial.
+"""Hyperparameter tuning: the package's search space as a SageMaker tuning job, its best trial as
+best.json, and the local tuner (`imgclf-tune`, Optuna) run in one container of the image.
 
 The ranges come from `imgclf.hpo.SEARCH_SPACE`, the objective from `imgclf.hpo.OBJECTIVE_METRIC`
-read by the regex of `imgclf.metrics.metric_definitions`: one place for each. SageMaker's tuner
-does not run in local mode, so `local_search` runs the trials one after another as local
-training jobs, with parameters drawn at random from the same space and the objective read from
-their logs with the same regex.
+read by the regex of `imgclf.metrics.metric_definitions`: one place for each. Trials of a frozen
+backbone can take a `features` channel (what `imgclf features` computes once) and train only
+the head. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import math
-import random
-import re
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from sagemaker.tuner import CategoricalParameter, ContinuousParameter, HyperparameterTuner
+from sagemaker.tuner import (
+    CategoricalParameter,
+    ContinuousParameter,
+    HyperbandStrategyConfig,
+    HyperparameterTuner,
+    StrategyConfig,
+    WarmStartConfig,
+    WarmStartTypes,
+)
 
-from ..contract import RESERVED_PREFIXES, UserError, decode_value
-from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, Categorical, Continuous
+from ..contract import RESERVED_PREFIXES, UserError
+from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_ONLY, Categorical, Continuous
+from ..hyperparameters import BY_NAME, typed
 from ..metrics import metric_definitions
 from .session import Target
-from .training import JobSpec, check_hyperparameters, estimator, train
+from .training import JobSpec, estimator
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
+WARM_START_TYPES = tuple(t.value for t in WarmStartTypes)  # IdenticalDataAndAlgorithm, TransferLearning
 
 
 def parameter_ranges(space=SEARCH_SPACE, fixed=()) -> dict:
@@ -46,10 +54,30 @@ def parameter_ranges(space=SEARCH_SPACE, fixed=()) -> dict:
 
 
 def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: int, strategy: str = "Bayesian",
-          early_stopping: str = "Auto") -> HyperparameterTuner:
-    """A tuner over the search space; hyperparameters in `spec` stay fixed in every trial."""
+          early_stopping: str | None = None, warm_start: list[str] = (), warm_start_type: str = WARM_START_TYPES[0],
+          seed: int | None = None) -> HyperparameterTuner:
+    """A tuner over the search space; hyperparameters in `spec` stay fixed in every trial.
+
+    Hyperband takes its resources from `epochs` (1 up to the trials' epochs) and stops trials
+    itself, so SageMaker's early stopping is off with it (Auto by default otherwise).
+    `warm_start` names earlier tuning jobs whose trials inform this one's.
+    """
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    strategy_config = None
+    if strategy == "Hyperband":
+        if early_stopping not in (None, "Off"):
+            raise UserError("Hyperband stops trials itself: leave early stopping Off with it")
+        early_stopping = "Off"
+        epochs = int(spec.hyperparameters.get("epochs", BY_NAME["epochs"].default))
+        strategy_config = StrategyConfig(HyperbandStrategyConfig(max_resource=epochs, min_resource=1))
+    warm_start_config = None
+    if warm_start:
+        if warm_start_type not in WARM_START_TYPES:
+            raise UserError(f"unknown warm start type {warm_start_type!r} (known: {', '.join(WARM_START_TYPES)})")
+        if len(warm_start) > 5:
+            raise UserError(f"a tuning job warm-starts from at most 5 parent jobs, got {len(warm_start)}")
+        warm_start_config = WarmStartConfig(WarmStartTypes(warm_start_type), parents=set(warm_start))
     return HyperparameterTuner(
         estimator(spec, target),
         objective_metric_name=OBJECTIVE_METRIC,
@@ -57,9 +85,12 @@ def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: in
         metric_definitions=metric_definitions(),  # all of them, so every trial charts them; one is the objective
         objective_type=OBJECTIVE_TYPE,
         strategy=strategy,
+        strategy_config=strategy_config,
         max_jobs=max_jobs,
         max_parallel_jobs=max_parallel_jobs,
-        early_stopping_type=early_stopping,
+        early_stopping_type=early_stopping or "Auto",
+        warm_start_config=warm_start_config,
+        random_seed=seed,
         base_tuning_job_name=spec.base_job_name,
     )
 
@@ -67,17 +98,11 @@ def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: in
 def decode_hyperparameters(raw: dict[str, str]) -> dict:
     """A job's hyperparameters as `Estimator.set_hyperparameters(**...)` takes them.
 
-    SageMaker's own keys are dropped and values typed: the tuner's JSON-quoted `"\\"64\\""` and a
-    plain `"64"` both become 64, `"0.0173"` becomes 0.0173, `"resnet50"` stays a string.
+    SageMaker's own keys are dropped and values typed by the training job's table: the tuner's
+    JSON-quoted `"\\"64\\""` and a plain `"64"` both become 64, `"0.0173"` becomes 0.0173,
+    `"resnet50"` stays a string.
     """
-    return {name: _typed(decode_value(value)) for name, value in raw.items() if not name.startswith(RESERVED_PREFIXES)}
-
-
-def _typed(value: str):
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value  # a plain string such as resnet50
+    return typed({name: value for name, value in raw.items() if not name.startswith(RESERVED_PREFIXES)})
 
 
 @dataclass
@@ -86,11 +111,18 @@ class Best:
     objective: float | None
     hyperparameters: dict
 
+    def to_json(self) -> dict:
+        """best.json: what `imgclf train --best` reads (the local tuner writes the same form)."""
+        hps = {k: v for k, v in self.hyperparameters.items() if k not in TRIAL_ONLY}
+        return {"hyperparameters": hps, "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE,
+                                                      "value": self.objective}, "training_job": self.job_name}
+
     def describe(self) -> str:
-        args = " ".join(f"--{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in self.hyperparameters.items())
+        hps = self.to_json()["hyperparameters"]
+        args = " ".join(f"--{k} {json.dumps(v) if isinstance(v, bool) else v}" for k, v in hps.items())
         return (f"best training job: {self.job_name}\n"
                 f"{OBJECTIVE_METRIC}: {self.objective}\n"
-                f"estimator.set_hyperparameters(**{json.dumps(self.hyperparameters)})\n"
+                f"estimator.set_hyperparameters(**{json.dumps(hps)})\n"
                 f"imgclf train {args}")
 
 
@@ -107,64 +139,63 @@ def best(tuning_job_name: str, target: Target) -> Best:
     return Best(top["TrainingJobName"], objective, decode_hyperparameters(job.get("HyperParameters", {})))
 
 
+def write_best(best: dict, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(best, indent=2) + "\n")
+    return path
+
+
+def read_best(path: Path) -> dict:
+    """The hyperparameters of a best.json (the local tuner's or `imgclf tune`'s), typed."""
+    try:
+        best = json.loads(Path(path).read_text())
+        hps = best["hyperparameters"]
+    except FileNotFoundError:
+        raise UserError(f"no best-trial file {path}: `imgclf tune` and `imgclf-tune` write one") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a best-trial file (JSON with \"hyperparameters\")") from None
+    return {k: v for k, v in typed(hps).items() if k not in TRIAL_ONLY}
+
+
 # ---------------------------------------------------------------------------------------------
-# local mode
+# local mode: the Optuna tuner in one container
 
 
-def sample(space=SEARCH_SPACE, rng: random.Random | None = None, fixed=()) -> dict:
-    """One point of the search space: log-uniform for logarithmic ranges, uniform otherwise."""
-    rng = rng or random.Random()
-    point = {}
-    for name, dim in space.items():
-        if name in fixed:
-            continue
-        if isinstance(dim, Categorical):
-            point[name] = rng.choice(dim.values)
-        elif dim.scale == "Logarithmic":
-            point[name] = round(math.exp(rng.uniform(math.log(dim.low), math.log(dim.high))), 6)
-        else:
-            point[name] = round(rng.uniform(dim.low, dim.high), 6)
-    return point
+CONTAINER_DATA = "/opt/ml/input/data"
+CONTAINER_OUTPUT = "/opt/ml/output/tuning"
 
 
-def last_metric(log: str, name: str = OBJECTIVE_METRIC) -> float | None:
-    """The last value of a metric in a job's log, read with the regex SageMaker uses."""
-    (definition,) = [d for d in metric_definitions() if d["Name"] == name]
-    values = re.findall(definition["Regex"], log)
-    return float(values[-1]) if values else None
+def local_search_command(image_uri: str, data: Path, output: Path, *, trials: int, pruner: str = "median",
+                         fixed: dict | None = None, features: bool = True, seed: int = 0, gpu: bool = False,
+                         tty: bool = False) -> list[str]:
+    """`docker run` of `imgclf-tune` in the image: the data root mounted read-only, the output
+    folder (study, features, trials, best.json) mounted writable and owned by the caller."""
+    flags = [a for name, value in (fixed or {}).items()
+             for a in (f"--{name}", json.dumps(value) if isinstance(value, bool) else str(value))]
+    return ["docker", "run", "--rm", "--interactive", *(["--tty"] if tty else []),
+            "--user", f"{os.getuid()}:{os.getgid()}", "--env", "HOME=/tmp",
+            *(["--gpus", "all"] if gpu else []),
+            "--volume", f"{Path(data).resolve()}:{CONTAINER_DATA}:ro",
+            "--volume", f"{Path(output).resolve()}:{CONTAINER_OUTPUT}",
+            image_uri, "imgclf-tune", "--data", CONTAINER_DATA, "--output", CONTAINER_OUTPUT,
+            "--trials", str(trials), "--pruner", pruner, "--sampler-seed", str(seed),
+            *([] if features else ["--no-features"]), *flags]
 
 
-class _Tee(io.TextIOBase):
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
-
-
-def local_search(spec: JobSpec, target: Target, inputs: dict[str, str], *, max_jobs: int, seed: int = 0) -> Best:
-    """Random search in local mode: `max_jobs` trials in turn; the one with the best objective."""
-    rng = random.Random(seed)
-    trials = []
-    for trial in range(1, max_jobs + 1):
-        point = sample(rng=rng, fixed=spec.hyperparameters)
-        trial_spec = JobSpec(**{**spec.__dict__, "hyperparameters": {**spec.hyperparameters, **point}})
-        est = estimator(trial_spec, target)
-        log = io.StringIO()
-        with contextlib.redirect_stdout(_Tee(sys.stdout, log)):
-            train(est, inputs)
-        objective = last_metric(log.getvalue())
-        print(f"trial {trial}/{max_jobs} {est.latest_training_job.name}: {point} {OBJECTIVE_METRIC}={objective}")
-        if objective is not None:
-            typed = decode_hyperparameters(check_hyperparameters(trial_spec.hyperparameters))
-            trials.append(Best(est.latest_training_job.name, objective, typed))
-    if not trials:
-        raise UserError(f"no trial reported {OBJECTIVE_METRIC}")
-    pick = max if OBJECTIVE_TYPE == "Maximize" else min
-    return pick(trials, key=lambda b: b.objective)
+def local_search(image_uri: str, data: Path, output: Path, **options) -> dict:
+    """Run (or resume) the local tuner in a container, its progress on this terminal; best.json's content."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    tty = sys.stdout.isatty()
+    command = local_search_command(image_uri, data, output, tty=tty, **options)
+    if tty:  # the live status line needs the terminal
+        code = subprocess.run(command).returncode
+    else:
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+            code = proc.wait()
+    if code:
+        raise UserError(f"the local tuner stopped with exit code {code}; rerun the same command to resume")
+    return json.loads((output / "best.json").read_text())
