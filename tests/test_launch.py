@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import math
-import random
+import os
+import subprocess
+import sys
 import threading
 import zipfile
 
@@ -18,7 +19,7 @@ from moto import mock_aws
 from imgclf.contract import UserError
 from imgclf.hpo import BEST_KNOWN, OBJECTIVE_METRIC, SEARCH_SPACE
 from imgclf.launch import cli, datasets, hosting, session, training, tuning
-from imgclf.metrics import format_metrics, metric_definitions
+from imgclf.metrics import metric_definitions
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgclf:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
@@ -291,23 +292,111 @@ def test_decode_hyperparameters_types_values_as_set_hyperparameters_takes_them()
         "batch-size": 64, "lr": 0.01, "arch": "resnet50", "freeze": True}
 
 
-def test_samples_stay_in_the_space_and_spread_logarithmically():
-    rng = random.Random(0)
-    points = [tuning.sample(rng=rng) for _ in range(400)]
-    lrs = [p["lr"] for p in points]
-    assert all(0.001 <= lr <= 0.1 for lr in lrs) and all(0 <= p["momentum"] <= 1 for p in points)
-    assert {p["batch-size"] for p in points} == {32, 64, 128, 256}
-    below_geometric_middle = sum(lr < math.sqrt(0.001 * 0.1) for lr in lrs) / len(lrs)
-    assert 0.4 < below_geometric_middle < 0.6  # uniform in lr would put only 9 % there
-    assert "lr" not in tuning.sample(fixed={"lr": 0.01})
+def test_hyperband_takes_its_resources_from_epochs_and_turns_early_stopping_off(aws, sent):
+    spec = training.JobSpec(IMAGE, {"epochs": 9}, output_path="s3://out/jobs")
+    tuner = tuning.tuner(spec, aws, max_jobs=6, max_parallel_jobs=2, strategy="Hyperband", seed=7)
+    tuner.fit(datasets.channels("s3://data/dogs", ["train", "valid"]), wait=False)
+    job = aws.session.sagemaker_client.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=tuner.latest_tuning_job.name)
+    config = job["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Hyperband" and config["TrainingJobEarlyStoppingType"] == "Off"
+    assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 9}}
+    (request,) = sent["CreateHyperParameterTuningJob"]
+    assert request["HyperParameterTuningJobConfig"]["RandomSeed"] == 7
+    with pytest.raises(UserError, match="Hyperband stops trials itself"):
+        tuning.tuner(spec, aws, max_jobs=6, max_parallel_jobs=2, strategy="Hyperband", early_stopping="Auto")
+    with pytest.raises(UserError, match="unknown strategy"):
+        tuning.tuner(spec, aws, max_jobs=6, max_parallel_jobs=2, strategy="Genetic")
 
 
-def test_last_metric_reads_training_log_lines():
-    log = "\n".join([format_metrics(epoch=1, valid_loss=1.2, valid_acc=0.5),
-                     "algo-1 | " + format_metrics(epoch=2, valid_loss=0.9, valid_acc=0.75),
-                     format_metrics(test_loss=0.8, test_acc=0.7)])
-    assert tuning.last_metric(log) == 0.75
-    assert tuning.last_metric("no metrics here") is None
+def test_warm_start_from_earlier_tuning_jobs(aws, sent):
+    """moto accepts WarmStartConfig but does not keep it, so the request is what is checked."""
+    spec = training.JobSpec(IMAGE, {"epochs": 3}, output_path="s3://out/jobs")
+    tuner = tuning.tuner(spec, aws, max_jobs=4, max_parallel_jobs=2, warm_start=["tune-a", "tune-b"],
+                         warm_start_type="TransferLearning")
+    tuner.fit(datasets.channels("s3://data/dogs", ["train"]), wait=False)
+    (request,) = sent["CreateHyperParameterTuningJob"]
+    warm = request["WarmStartConfig"]
+    assert warm["WarmStartType"] == "TransferLearning"
+    assert sorted(p["HyperParameterTuningJobName"] for p in warm["ParentHyperParameterTuningJobs"]) == ["tune-a", "tune-b"]
+    assert request["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Auto"
+    with pytest.raises(UserError, match="at most 5"):
+        tuning.tuner(spec, aws, max_jobs=4, max_parallel_jobs=2, warm_start=[f"t{i}" for i in range(6)])
+
+
+def test_tuning_on_a_features_channel_sends_no_images(aws, sent, cli_env, capsys, monkeypatch):
+    """Every trial of a frozen backbone trains only the head on the features `imgclf features` computed."""
+    monkeypatch.setattr(cli, "_target", lambda args: aws)  # the session whose requests `sent` records
+    boto3.client("s3").create_bucket(Bucket="out")
+    features = "s3://out/features/imgclf-features-1/output/model.tar.gz"
+    cli.main(["tune", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--features", features,
+              "--epochs", "3", "--arch", "efficientnet_lite0", "--max-jobs", "8", "--no-wait",
+              "--output-path", "s3://out/jobs"])
+    (request,) = sent["CreateHyperParameterTuningJob"]
+    definition = request["TrainingJobDefinition"]
+    assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]} == {
+        "features": features}
+    assert definition["StaticHyperParameters"]["features"] == "true"
+    assert "tuning job: " in capsys.readouterr().out
+
+
+def test_features_command_starts_an_extract_features_job(aws, sent, cli_env, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    boto3.client("s3").create_bucket(Bucket="out")
+    cli.main(["features", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1",
+              "--training", "s3://data/dogs/train", "--arch", "resnet50", "--no-wait", "--output-path", "s3://out/f"])
+    (request,) = sent["CreateTrainingJob"]
+    assert request["HyperParameters"]["extract-features"] == "true"
+    assert request["TrainingJobName"].startswith("imgclf-features-")
+    assert "training job: imgclf-features-" in capsys.readouterr().out
+
+
+def test_best_json_round_trip_and_final_training(tmp_path, monkeypatch):
+    best = tuning.Best("imgclf-1-001", 0.91, tuning.decode_hyperparameters(
+        {"epochs": "3", "batch-size": '"128"', "lr": "0.02", "features": "true", "_tuning_objective_metric": "x"}))
+    assert best.to_json() == {"hyperparameters": {"epochs": 3, "batch-size": 128, "lr": 0.02},
+                              "objective": {"metric": OBJECTIVE_METRIC, "type": "Maximize", "value": 0.91},
+                              "training_job": "imgclf-1-001"}
+    path = tuning.write_best(best.to_json(), tmp_path / "best.json")
+    assert tuning.read_best(path) == {"epochs": 3, "batch-size": 128, "lr": 0.02}
+
+    monkeypatch.setenv(cli.IMAGE_URI_ENV, IMAGE)
+    target = session.local_target(tmp_path)
+    args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--momentum", "0.5"])
+    assert cli._job_spec(args, target).hyperparameters == {"epochs": 15, "batch-size": 128, "lr": 0.02,
+                                                          "momentum": "0.5"}
+    args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--epochs", "4"])
+    assert cli._job_spec(args, target).hyperparameters["epochs"] == "4"
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(UserError, match="not a best-trial file"):
+        tuning.read_best(tmp_path / "bad.json")
+
+
+def test_local_search_runs_the_tuner_in_one_container(tmp_path):
+    command = tuning.local_search_command("imgclf:test", tmp_path / "data", tmp_path / "out", trials=8,
+                                          fixed={"epochs": 3, "pretrained": True}, seed=4)
+    assert command[:3] == ["docker", "run", "--rm"]
+    assert f"{(tmp_path / 'data').resolve()}:{tuning.CONTAINER_DATA}:ro" in command
+    assert command[command.index("imgclf:test") + 1:] == [
+        "imgclf-tune", "--data", tuning.CONTAINER_DATA, "--output", tuning.CONTAINER_OUTPUT, "--trials", "8",
+        "--pruner", "median", "--sampler-seed", "4", "--epochs", "3", "--pretrained", "true"]
+
+
+def test_launcher_and_its_tuning_code_do_not_import_torch():
+    """imgclf --help and the tuning code read the hyperparameter table, not the training script."""
+    code = ("import contextlib, io, sys\n"
+            "from imgclf.launch import cli, tuning, training\n"
+            "from imgclf import hyperparameters, hpo\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['--help'])\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            "    cli.main(['tune', '--help'])\n"
+            "hyperparameters.parse({'lr': '0.01', 'batch-size': '64'})\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "SAGEMAKER_SUPPRESS_V2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,7 +495,7 @@ def test_cli_local_mode_refuses_what_it_cannot_remember(cli_env, tmp_path):
     with pytest.raises(SystemExit, match="give --model-data"):
         cli.main(["deploy", "--local", "--image-uri", "imgclf:test", "--training-job", "job",
                   "--local-root", str(tmp_path)])
-    with pytest.raises(SystemExit, match="a local search prints its best"):
+    with pytest.raises(SystemExit, match="a local search writes best.json"):
         cli.main(["tune", "--local", "--best", "tuning-job", "--image-uri", "imgclf:test",
                   "--local-root", str(tmp_path)])
 
