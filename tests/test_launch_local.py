@@ -1,11 +1,13 @@
 """The launcher against the real image in SageMaker local mode (SDK v2, Docker Compose), no AWS account:
 train on two containers (torch.distributed over gloo), deploy, invoke with a photo, delete, a batch
-transform, and a local tuning search. Data: the bundled sample (Fashion-MNIST photos as JPEG, in
-folders named as the channels). Tiny on purpose: resnet18 from scratch, 32-pixel crops, one epoch."""
+transform; the local tuner in one container and the final model from its best trial. Data: the
+bundled sample (Fashion-MNIST photos as JPEG, in folders named as the channels). Tiny on purpose:
+resnet18 from scratch or efficientnet_lite0's head, 32-pixel crops, one or two epochs."""
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -116,16 +118,29 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
     assert running_under(tmp_path) == []
 
 
-def test_tune_runs_trials_in_turn_and_shows_the_best(docker_image, data, local_root, capsys, timings):
-    hyperparameters = [a for k, v in HYPERPARAMETERS.items() if k != "batch-size" for a in (f"--{k}", str(v).lower())]
-    with timed(timings, "tune (2 trials)"):
-        cli.main(["tune", "--local", "--image-uri", docker_image, "--data", str(data), "--max-jobs", "2",
-                  "--local-root", str(local_root), *hyperparameters])
+def test_local_tuner_in_one_container_then_the_final_model(docker_image, data, local_root, tmp_path, capsys,
+                                                          timings):
+    """`imgclf tune --local`: the Optuna tuner in one container of the image (features once, heads in
+    turn), best.json on this machine; then `imgclf train --local --best` trains the final model."""
+    tuning_dir = tmp_path / "tuning"
+    fixed = ["--arch", "efficientnet_lite0", "--image-size", "32", "--epochs", "2", "--num-workers", "0"]
+    with timed(timings, "tune (3 trials, cached features, 1 container)"):
+        cli.main(["tune", "--local", "--image-uri", docker_image, "--data", str(data), "--max-jobs", "3",
+                  "--pruner", "none", "--output-path", str(tuning_dir), "--local-root", str(local_root), *fixed])
     out = capsys.readouterr().out
-    trials = [line for line in out.splitlines() if line.startswith("trial ")]
-    assert len(trials) == 2 and all(f"{OBJECTIVE_METRIC}=" in t and "=None" not in t for t in trials), trials
-    (form,) = [line for line in out.splitlines() if line.startswith("estimator.set_hyperparameters(**")]
-    best = json.loads(form.removeprefix("estimator.set_hyperparameters(**").removesuffix(")"))
-    assert SEARCH_SPACE["lr"].low <= best["lr"] <= SEARCH_SPACE["lr"].high
-    assert best["batch-size"] in SEARCH_SPACE["batch-size"].values
-    assert (best["arch"], best["pretrained"], best["epochs"]) == ("resnet18", False, 1)
+    assert "features: backbone features" in out and "trial 3/3 complete" in out, out[-3000:]
+    best = json.loads((tuning_dir / "best.json").read_text())
+    assert best["objective"]["metric"] == OBJECTIVE_METRIC and 0 <= best["objective"]["value"] <= 1
+    hps = best["hyperparameters"]
+    assert SEARCH_SPACE["lr"].low <= hps["lr"] <= SEARCH_SPACE["lr"].high
+    assert hps["batch-size"] in SEARCH_SPACE["batch-size"].values and hps["arch"] == "efficientnet_lite0"
+    assert (tuning_dir / "best.json").stat().st_uid == os.getuid()  # the caller's files, not root's
+
+    with timed(timings, "final model (1 container)"):
+        cli.main(["train", "--local", "--image-uri", docker_image, "--data", str(data), "--best",
+                  str(tuning_dir / "best.json"), "--epochs", "1", "--local-root", str(local_root)])
+    log = capsys.readouterr().out
+    (model_data,) = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("model artifact: ")]
+    assert f"lr={hps['lr']:.6g}" in log and "test_acc=" in log  # the best trial's values, trained to the end
+    with tarfile.open(model_data.removeprefix("file://")) as tar:
+        assert {"model.pt", "model.json"} <= set(tar.getnames())
