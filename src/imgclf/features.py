@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,9 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from .contract import UserError
+from . import model as models
+from .contract import TrainingEnvironment, UserError
+from .data import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def save(path: Path, identity: dict, data: dict, arrays: dict[str, tuple[np.ndar
 
 def open_channel(channel: Path, scratch: Path) -> FeatureSet:
     """The feature set of a `features` channel: its folder, a subfolder, or a model.tar.gz holding it
-    (what an extract-features job leaves on S3), unpacked under `scratch`."""
+    (what an extract-features job leaves on S3), unpacked into `scratch`."""
     channel = Path(channel)
     found = load(channel)
     if found:
@@ -171,13 +172,13 @@ def open_channel(channel: Path, scratch: Path) -> FeatureSet:
         return load(sets[0])
     archives = sorted(channel.glob("*.tar.gz"))
     if not sets and len(archives) == 1:
-        target = Path(tempfile.mkdtemp(prefix="features-", dir=scratch if scratch.is_dir() else None))
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
         with tarfile.open(archives[0]) as tar:
-            tar.extractall(target, filter="data")
-        found = load(target)
+            tar.extractall(scratch, filter="data")  # no absolute paths, links or devices
+        found = load(scratch)
         if found:
             return found
-        shutil.rmtree(target, ignore_errors=True)
     raise UserError(f"the features channel {channel} holds no feature set: give the folder or model.tar.gz "
                     "that an extract-features job wrote (it has manifest.json)")
 
@@ -191,3 +192,43 @@ def ensure(path: Path, identity: dict, data: dict, compute: Callable[[], dict]) 
         return found
     log.info("features: computing backbone features into %s (key %s)", path, key)
     return save(path, identity, data, compute())
+
+
+# ---------------------------------------------------------------------------------------------
+# in a training job
+
+
+def check_job(args, distributed: bool) -> None:
+    if not (args.pretrained and args.freeze):
+        raise UserError("features and extract-features need a frozen pretrained backbone (pretrained=true, "
+                        "freeze=true): a backbone that learns has no fixed features")
+    if distributed:
+        raise UserError("features and extract-features run in one process: use one instance without several GPUs")
+
+
+def for_job(args, env: TrainingEnvironment, model: nn.Module, card, channel_set: FeatureSet | None,
+            image_datasets, num_workers: int, device, autocast: Callable) -> FeatureSet:
+    """The backbone features of every split of a job: the features channel's, after checking it fits
+    the job; else those in the checkpoint dir (for extract-features, the model dir) when their key
+    matches; else computed now and written there. `image_datasets` are (train, valid, test), None
+    where the job has no such images."""
+    weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+    identity = json.loads(json.dumps(dict(  # through JSON, as the manifest keeps it
+        arch=args.arch, weights_sha256=file_digest(weights), eval=card.eval.to_dict(), classes=list(card.classes),
+        holdout=None if "validation" in env.channels else [args.valid_split, args.seed])))
+    named = {split: ds for split, ds in zip(SPLITS, image_datasets) if ds is not None}
+    data = {split: data_identity(ds) for split, ds in named.items()}
+    if channel_set is not None:
+        if not named:  # no image channels: how the images were split is the set's own business
+            identity.pop("holdout")
+        channel_set.check(identity, data)
+        return channel_set
+
+    def compute():
+        head = models.head(model)
+        return {split: extract(model, head, make_loader(ds, batch_size=args.batch_size, num_workers=num_workers),
+                               device, autocast)
+                for split, ds in named.items()}
+
+    where = env.model_dir if args.extract_features else env.checkpoint_dir / "features"
+    return ensure(where, identity, data, compute)

@@ -269,41 +269,6 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
     return model.to(device, memory_format=_memory_format(device, args))
 
 
-def check_feature_args(args, topology: distributed.Topology) -> None:
-    if not (args.pretrained and args.freeze):
-        raise UserError("features and extract-features need a frozen pretrained backbone (pretrained=true, "
-                        "freeze=true): a backbone that learns has no fixed features")
-    if topology.distributed:
-        raise UserError("features and extract-features run in one process: use one instance without several GPUs")
-
-
-def cached_features(args, env: TrainingEnvironment, model, card: models.ModelCard, channel_set, image_datasets,
-                    num_workers: int, device) -> features.FeatureSet:
-    """The backbone features of every split: the features channel's, after checking it fits this job; else
-    those cached in the checkpoint dir (or, for extract-features, the model dir) when their key matches;
-    else computed now and written there."""
-    weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
-    identity = json.loads(json.dumps(dict(  # through JSON, as the manifest keeps it
-        arch=args.arch, weights_sha256=features.file_digest(weights), eval=card.eval.to_dict(),
-        classes=list(card.classes), holdout=None if "validation" in env.channels else [args.valid_split, args.seed])))
-    named = {split: ds for split, ds in zip(features.SPLITS, image_datasets) if ds is not None}
-    data = {split: features.data_identity(ds) for split, ds in named.items()}
-    if channel_set is not None:
-        if not named:  # no image channels: how the images were split is the set's own business
-            identity.pop("holdout")
-        channel_set.check(identity, data)
-        return channel_set
-
-    def compute():
-        head = models.head(model)
-        return {split: features.extract(model, head, make_loader(ds, batch_size=args.batch_size, num_workers=num_workers),
-                                        device, lambda: autocast(device, args.amp))
-                for split, ds in named.items()}
-
-    where = env.model_dir if args.extract_features else env.checkpoint_dir / "features"
-    return features.ensure(where, identity, data, compute)
-
-
 def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0,
          callbacks: Sequence[Callback] = ()) -> int:
     """Train as `args` say; `callbacks` watch the loop (callbacks.py)."""
@@ -329,9 +294,9 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
                 if args.augment and not use_features else eval_tf)
     channel_features = None
     if use_features:
-        check_feature_args(args, topology)
+        features.check_job(args, topology.distributed)
         if args.features and "features" in env.channels:
-            channel_features = features.open_channel(env.channels["features"], env.checkpoint_dir)
+            channel_features = features.open_channel(env.channels["features"], env.checkpoint_dir / "features")
     if channel_features is not None and "training" not in env.channels:  # the features alone are enough
         classes, train_ds, valid_ds, test_ds = channel_features.classes, None, None, None
     else:
@@ -341,8 +306,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     model = build_model(args, classes, env, device)
     net = model  # what the loop runs: the network, or only its head on cached backbone features
     if use_features:
-        feature_set = cached_features(args, env, model, card, channel_features, (train_ds, valid_ds, test_ds),
-                                      num_workers, device)
+        feature_set = features.for_job(args, env, model, card, channel_features, (train_ds, valid_ds, test_ds),
+                                       num_workers, device, lambda: autocast(device, args.amp))
         if args.extract_features:
             log.info("features of %s written to %s", ", ".join(feature_set.splits), feature_set.path)
             return 0

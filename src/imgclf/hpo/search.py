@@ -159,7 +159,7 @@ def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def requeue_interrupted(study: optuna.Study, progress: Progress) -> None:
     """Trials left running by a killed search: marked failed, and their parameters queued to run again."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         progress.note(f"trial {t.number + 1} was interrupted: running it again")
 
