@@ -1,5 +1,7 @@
-"""The local tuner: an Optuna search over `SEARCH_SPACE` whose trials are training jobs run in this
-process through `train.main`, the code of `docker run IMAGE train`.
+"""The local tuner: an Optuna search whose trials are training jobs, resumable, on one machine.
+
+Trials search `SEARCH_SPACE` and run in this process through `train.main`, the code of
+`docker run IMAGE train`.
 
 - TPE sampler (seeded), a pruner (median or Hyperband) fed each trial's per-epoch objective through
   the training loop's callback interface; a pruned trial stops by raising from its callback.
