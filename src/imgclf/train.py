@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import debug, distributed
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .contract import TrainingEnvironment, UserError, hyperparameters_to_argv, run_job
@@ -75,6 +75,23 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stop after this many epochs without a lower valid_loss (0: off)")
     p.add_argument("--log-interval", type=int, default=50, help="steps between progress lines (0: off)")
     p.add_argument("--amp", type=str2bool, default=True, help="mixed precision and channels_last on CUDA")
+    # debugger and profiler (imgclf.debug)
+    p.add_argument("--profiler", type=str2bool, default=True,
+                   help="system metrics, step timings, profiler rules and the HTML report in the output data")
+    p.add_argument("--profiler-interval-ms", type=int, default=500, help="system metrics sampling interval")
+    p.add_argument("--profiler-trace-steps", default="",
+                   help="FIRST-LAST: torch.profiler trace of these training steps (counted from 1) in the output data")
+    p.add_argument("--profiler-device-sync", type=str2bool, default=False,
+                   help="wait for the GPU between step phases, for exact forward/backward times (slower)")
+    p.add_argument("--rules", type=str2bool, default=True,
+                   help="evaluate the training rules (VanishingGradient, Overfit, Overtraining, ...) during training")
+    p.add_argument("--rule-parameters", default="",
+                   help='JSON: parameters per rule, e.g. {"Overfit": {"patience": 3}, "StepOutlier": {"stddev": 5}}; '
+                        'false instead of an object leaves a rule out')
+    p.add_argument("--debug-collections", default="",
+                   help="smdebug collections to save without a debughookconfig.json, e.g. losses,weights,gradients,"
+                        "biases (saved to <output data>/tensors)")
+    p.add_argument("--debug-save-interval", type=int, default=100, help="steps between saved tensors")
     return p
 
 
@@ -442,7 +459,7 @@ def default_workers(topology: distributed.Topology) -> int:
 
 def _worker(local_rank: int, args, env, failure_file: Path) -> None:
     """A spawned per-GPU process: its own failure boundary, then its exit code."""
-    code = run_job(lambda: main(args, env, local_rank), failure_file)
+    code = run_job(lambda: main(args, env, local_rank, callbacks=debug.callbacks(args, env)), failure_file)
     if code:
         sys.exit(code)
 
@@ -452,7 +469,7 @@ def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
     nproc, dist_env = distributed.plan(env.hosts, env.current_host, env.network_interface)
     os.environ.update(dist_env)
     if nproc == 1:
-        return main(args, env)
+        return main(args, env, callbacks=debug.callbacks(args, env))
     # one process per GPU; docker stop signals only us, so pass SIGTERM on for them to checkpoint
     ctx = torch.multiprocessing.start_processes(
         _worker, args=(args, env, env.failure_file), nprocs=nproc, join=False, start_method="spawn")
