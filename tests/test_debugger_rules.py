@@ -75,9 +75,10 @@ def test_poor_weight_initialization_on_activation_variances_gradients_and_loss()
                    gradient_ranges=[(1, 1e-5)], losses=[1.0] * 10)
     rule = PoorWeightInitialization()
     rule.check(data)
-    wheres = [e["where"] for e in rule.events]
-    assert wheres == ["step 1", "step 1", "step 10"]  # variance ratio 50, gradient range 1e-5, flat loss
-    assert rule.evaluations == 4
+    assert [e["where"] for e in rule.events] == ["step 1", "step 10"]
+    assert "variance ratio 50 " in rule.events[0]["message"] and "range 1e-05" in rule.events[0]["message"]
+    assert "mean loss of steps 1-5 1.0000" in rule.events[1]["message"]
+    assert rule.evaluations == 3 and rule.datapoints == 2 + 1 + 10
 
 
 def test_rule_parameters_per_job():

@@ -104,7 +104,7 @@ def _read_profiler_config(config_dir) -> tuple[int | None, tuple[int, int] | Non
         return None, None
     try:
         config = _lower_keys(json.loads(path.read_text()))
-        params = config.get("profilingparameters") or {}
+        params = _lower_keys(config.get("profilingparameters"))
         interval = params.get("profilingintervalinmilliseconds") or config.get("profilingintervalinmilliseconds")
         detailed = params.get("detailedprofilingconfig")
         detailed = _lower_keys(json.loads(detailed) if isinstance(detailed, str) else detailed or {})

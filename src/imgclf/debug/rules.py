@@ -121,18 +121,21 @@ class PoorWeightInitialization(Rule):
         self._loss_checked = False
 
     def check(self, data, final=False):
+        # one verdict per step on what was measured at that step
+        found: dict[int, list[tuple[bool, str]]] = {}
         for step, variances in data.activation_variances[self._seen_act:]:
             values = [v for v in variances.values() if v > 0]
             if len(values) >= 2:
                 ratio = max(values) / min(values)
-                self.verdict(ratio > self.threshold, f"step {step}",
-                             f"activation input variance ratio {ratio:.3g} across {len(values)} layers "
-                             f"(threshold {self.threshold:g})", datapoints=len(values))
-        self._seen_act = len(data.activation_variances)
+                found.setdefault(step, []).append((ratio > self.threshold, f"activation input variance ratio {ratio:.3g} "
+                                                   f"across {len(values)} layers (threshold {self.threshold:g})"))
         for step, width in data.gradient_ranges[self._seen_grad:]:
-            self.verdict(width < self.distribution_range, f"step {step}",
-                         f"gradient 5th-95th percentile range {width:.3g} (minimum {self.distribution_range:g})")
-        self._seen_grad = len(data.gradient_ranges)
+            found.setdefault(step, []).append((width < self.distribution_range, f"gradient 5th-95th percentile "
+                                               f"range {width:.3g} (minimum {self.distribution_range:g})"))
+        self._seen_act, self._seen_grad = len(data.activation_variances), len(data.gradient_ranges)
+        for step, checks in sorted(found.items()):
+            bad = [m for hit, m in checks if hit]
+            self.verdict(bool(bad), f"step {step}", "; ".join(bad or [m for _, m in checks]), datapoints=len(checks))
         losses = data.losses
         if not self._loss_checked and len(losses) >= min(self.steps, 2 * self.patience):
             self._loss_checked = True
