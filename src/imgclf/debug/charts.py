@@ -9,12 +9,14 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 MAX_POINTS = 800  # per series; longer series are thinned to this many points
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+def _ticks(lo: float, hi: float, n: int = 5, integers: bool = False) -> list[float]:
     if hi <= lo:
         hi = lo + 1
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    if integers:  # epochs and steps: no tick between two of them
+        step = max(1, round(step))
     start = math.ceil(lo / step) * step
     return [start + i * step for i in range(int((hi - start) / step) + 1)]
 
@@ -67,7 +69,7 @@ def line_chart(series, *, title: str, x_label: str, y_label: str, y_min: float |
         if y0 <= t <= y1:
             out.append(f'<line x1="{left}" x2="{left + w}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e4e4e4"/>'
                        f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for t in _ticks(x0, x1, 8):
+    for t in _ticks(x0, x1, 8, integers=all(isinstance(x, int) for x in all_x)):
         if x0 <= t <= x1:
             out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top + h}" y2="{top + h + 4}" stroke="#888"/>'
                        f'<text x="{sx(t):.1f}" y="{top + h + 16}" text-anchor="middle">{_fmt(t)}</text>')
