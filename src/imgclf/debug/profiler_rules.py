@@ -123,34 +123,43 @@ class Dataloader(ProfilerRule):
                      f"allowed {self.min_threshold}-{self.max_threshold} %)")
 
 
-class CPUBottleneck(_SampleRule):
+class _IdleGpuRule(_SampleRule):
+    """Share of the samples in which the GPU idled (below gpu_threshold) while `busy` held."""
+
+    what = ""
+
+    def busy(self, s, i: int) -> bool: ...
+
+    def judge(self, s, start, end):
+        self._hits += sum(1 for i in range(start, end)
+                          if s.gpu[i] and min(s.gpu[i]) < self.gpu_threshold and self.busy(s, i))
+        share = 100 * self._hits / end
+        self.verdict(share > self.threshold, f"sample {end}", f"{self.what} bottleneck in {share:.1f} % of {end} "
+                     "samples", datapoints=end - start)
+
+
+class CPUBottleneck(_IdleGpuRule):
     name = "CPUBottleneck"
     defaults = {"threshold": 50, "gpu_threshold": 10, "cpu_threshold": 90, "patience": 1000}
     description = ("Triggers when, in more than threshold % of the samples, GPU utilisation was below "
                    "gpu_threshold % while CPU utilisation was above cpu_threshold %.")
     advice = "The GPU waits for the CPU: more data workers, lighter augmentation, or an instance with more CPUs."
+    what = "CPU"
 
-    def judge(self, s, start, end):
-        self._hits += sum(1 for i in range(start, end) if s.gpu[i] and min(s.gpu[i]) < self.gpu_threshold
-                          and s.cpu[i] > self.cpu_threshold)
-        share = 100 * self._hits / end
-        self.verdict(share > self.threshold, f"sample {end}",
-                     f"CPU bottleneck in {share:.1f} % of {end} samples", datapoints=end - start)
+    def busy(self, s, i):
+        return s.cpu[i] > self.cpu_threshold
 
 
-class IOBottleneck(_SampleRule):
+class IOBottleneck(_IdleGpuRule):
     name = "IOBottleneck"
     defaults = {"threshold": 50, "gpu_threshold": 10, "io_threshold": 50, "patience": 1000}
     description = ("Triggers when, in more than threshold % of the samples, GPU utilisation was below "
                    "gpu_threshold % while I/O wait was above io_threshold %.")
     advice = "The GPU waits for storage: use FastFile mode or local NVMe, pre-process into fewer larger files."
+    what = "I/O"
 
-    def judge(self, s, start, end):
-        self._hits += sum(1 for i in range(start, end) if s.gpu[i] and min(s.gpu[i]) < self.gpu_threshold
-                          and s.iowait[i] > self.io_threshold)
-        share = 100 * self._hits / end
-        self.verdict(share > self.threshold, f"sample {end}",
-                     f"I/O bottleneck in {share:.1f} % of {end} samples", datapoints=end - start)
+    def busy(self, s, i):
+        return s.iowait[i] > self.io_threshold
 
 
 class LowGPUUtilization(_SampleRule):
