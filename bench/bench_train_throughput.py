@@ -32,7 +32,9 @@ from imgclf import distributed
 from imgclf import model as models
 from imgclf.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.presets import ClassificationPresetTrain
-from imgclf.train import StopRequest, default_workers, str2bool, train_one_epoch
+from imgclf.callbacks import Callbacks
+from imgclf.hyperparameters import str2bool
+from imgclf.train import StopRequest, default_workers, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
 
@@ -71,12 +73,13 @@ def measure(model, loader, args, device, warmup: int) -> float:
     criterion = torch.nn.CrossEntropyLoss()
     topology, stop = distributed.Topology(), StopRequest()
     if warmup:
-        train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, warmup), device, 0, args, topology, stop)
+        train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, warmup), device, 0, args, topology, stop,
+                        Callbacks())
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     tally, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, args.steps), device, 1, args,
-                               topology, stop)
+                               topology, stop, Callbacks())
     tally.loss.item()  # waits for the last step on an accelerator
     return tally.seen / (time.perf_counter() - start)
 

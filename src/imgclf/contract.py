@@ -38,6 +38,7 @@ class TrainingEnvironment:
     hosts: list[str] = field(default_factory=lambda: ["localhost"])
     current_host: str = "localhost"
     network_interface: str | None = None
+    config_dir: Path | None = None  # debughookconfig.json, profilerconfig.json (imgclf.debug reads them)
 
     @property
     def failure_file(self) -> Path:
@@ -70,6 +71,7 @@ class TrainingEnvironment:
             hosts=sorted(hosts),
             current_host=current,
             network_interface=resources.get("network_interface_name"),
+            config_dir=config_dir,
         )
 
 

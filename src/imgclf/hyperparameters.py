@@ -84,6 +84,21 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "(or read the features channel) and train the head on them; no augmentation"),
     Hyperparameter("extract-features", bool, False, "only compute the backbone features of every channel into "
                    "the model dir, for a features channel of later jobs"),
+    # debugger and profiler (imgclf.debug)
+    Hyperparameter("profiler", bool, True, "system metrics, step timings, profiler rules and the HTML report in "
+                   "the output data"),
+    Hyperparameter("profiler-interval-ms", int, 500, "system metrics sampling interval", low=1),
+    Hyperparameter("profiler-trace-steps", str, "", "FIRST-LAST: torch.profiler trace of these training steps "
+                   "(counted from 1) in the output data"),
+    Hyperparameter("profiler-device-sync", bool, False, "wait for the GPU between step phases, for exact "
+                   "forward/backward times (slower)"),
+    Hyperparameter("rules", bool, True, "evaluate the training rules (VanishingGradient, Overfit, Overtraining, "
+                   "...) during training"),
+    Hyperparameter("rule-parameters", str, "", 'JSON: parameters per rule, e.g. {"Overfit": {"patience": 3}, '
+                   '"StepOutlier": {"stddev": 5}}; false instead of an object leaves a rule out'),
+    Hyperparameter("debug-collections", str, "", "smdebug collections to save without a debughookconfig.json, "
+                   "e.g. losses,weights,gradients,biases (saved to <output data>/tensors)"),
+    Hyperparameter("debug-save-interval", int, 100, "steps between saved tensors", low=1),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

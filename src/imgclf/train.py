@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, features, hyperparameters
+from . import debug, distributed, features, hyperparameters
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .contract import TrainingEnvironment, UserError, run_job
@@ -413,7 +413,7 @@ def default_workers(topology: distributed.Topology) -> int:
 
 def _worker(local_rank: int, args, env, failure_file: Path) -> None:
     """A spawned per-GPU process: its own failure boundary, then its exit code."""
-    code = run_job(lambda: main(args, env, local_rank), failure_file)
+    code = run_job(lambda: main(args, env, local_rank, callbacks=debug.callbacks(args, env)), failure_file)
     if code:
         sys.exit(code)
 
@@ -423,7 +423,7 @@ def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
     nproc, dist_env = distributed.plan(env.hosts, env.current_host, env.network_interface)
     os.environ.update(dist_env)
     if nproc == 1:
-        return main(args, env)
+        return main(args, env, callbacks=debug.callbacks(args, env))
     # one process per GPU; docker stop signals only us, so pass SIGTERM on for them to checkpoint
     ctx = torch.multiprocessing.start_processes(
         _worker, args=(args, env, env.failure_file), nprocs=nproc, join=False, start_method="spawn")

@@ -78,10 +78,18 @@ def _print_layout(splits) -> None:
 
 
 def cmd_train(args) -> None:
-    from .training import estimator, train
+    from sagemaker.estimator import Estimator
+
+    from .training import estimator_kwargs, train
 
     target = _target(args)
-    result = train(estimator(_job_spec(args, target), target), _inputs(args, target), wait=not args.no_wait)
+    spec = _job_spec(args, target)
+    kwargs = estimator_kwargs(spec, target)
+    if args.sagemaker_debugger:
+        from . import debugger
+
+        kwargs.update(debugger.estimator_kwargs(target, spec.hyperparameters))
+    result = train(Estimator(**kwargs), _inputs(args, target), wait=not args.no_wait)
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")
 
 
@@ -350,6 +358,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--best", dest="best_trial", metavar="BEST_JSON",
                    help="train the final model with a tuner's best trial (best.json): its hyperparameters, "
                         "15 epochs unless --epochs; flags given override")
+    t.add_argument("--sagemaker-debugger", action="store_true",
+                   help="also run SageMaker Debugger's rule containers and ProfilerReport on AWS (the image evaluates "
+                        "the same rules and writes its own report in every job)")
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("features", parents=[common, image, job],

@@ -1,0 +1,19 @@
+"""What SageMaker Debugger gave a training job, from the image itself.
+
+    tensors.py          smdebug hook: losses, weights, gradients, biases saved where
+                        debughookconfig.json (or a hyperparameter) says; never stops training
+    jobdata.py          what one process observed: step timings, losses, system samples, epochs
+    system.py           system metrics sampled on a thread (psutil; GPUs through nvidia-smi)
+    rules.py            the rule base and the training rules (VanishingGradient, Overfit, ...)
+    profiler_rules.py   the profiler rules (StepOutlier, CPUBottleneck, ...) on timings and samples
+    monitor.py          the callback that collects, evaluates the rules and writes the report
+    report.py           the self-contained HTML report, and `imgclf-report OUTPUT_DIR`
+    charts.py           inline SVG charts for the report
+
+`callbacks(args, env)` builds what the hyperparameters and the job's config files ask for.
+"""
+from __future__ import annotations
+
+from .monitor import callbacks
+
+__all__ = ["callbacks"]
