@@ -30,10 +30,10 @@ from PIL import Image, ImageFilter
 
 from imgclf import distributed
 from imgclf import model as models
-from imgclf.data import ImageFolderDataset, find_classes, make_loader
-from imgclf.presets import ClassificationPresetTrain
 from imgclf.callbacks import Callbacks
+from imgclf.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.hyperparameters import str2bool
+from imgclf.presets import ClassificationPresetTrain
 from imgclf.train import StopRequest, default_workers, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
