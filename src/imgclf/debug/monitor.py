@@ -155,6 +155,7 @@ class Monitor(Callback):
         self._global_step = 0
         self._activation_hooks = []
         self._step_variances: dict[str, float] = {}
+        self._evaluating = False  # in a validation or test pass (a frozen backbone is in eval mode throughout)
         self._poor_init = next((r for r in self.rules if isinstance(r, PoorWeightInitialization)), None)
         self._topology = None
 
@@ -217,7 +218,12 @@ class Monitor(Callback):
             self._check()
 
     @_safe
+    def on_evaluate_begin(self, split):
+        self._evaluating = True
+
+    @_safe
     def on_evaluate_end(self, split, metrics):
+        self._evaluating = False
         if split == "test":
             self.data.test = dict(metrics)
 
@@ -286,7 +292,7 @@ class Monitor(Callback):
 
     def _activation_hook(self, label: str):
         def hook(module, inputs):
-            if module.training:  # not the validation passes
+            if not self._evaluating:
                 x = inputs[0].detach()
                 # a module called several times per forward (torchvision's Bottleneck.relu) gets #2, #3
                 key, k = label, 1
