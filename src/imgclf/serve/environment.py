@@ -21,7 +21,9 @@ TOP_K_ENV = "IMGCLF_TOP_K"
 TORCH_THREADS_ENV = "IMGCLF_TORCH_THREADS"
 PRECISION_ENV = "IMGCLF_PRECISION"
 MAX_IMAGE_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
-PRECISIONS = ("auto", "fp32", "bf16")
+INT8_MIN_AGREEMENT_ENV = "IMGCLF_INT8_MIN_AGREEMENT"
+INT8_MAX_ACCURACY_DROP_ENV = "IMGCLF_INT8_MAX_ACCURACY_DROP"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MAX_DEFAULT_THREADS = 4
 
 
@@ -45,6 +47,10 @@ class ServingEnvironment:
     max_batch_delay_ms: int = 5
     top_k: int = 5
     precision: str = "auto"
+    # `auto` serves int8 only if, on the validation set, it kept this share of float32's top-1
+    # answers and lost at most this much accuracy (0.005: half a point)
+    int8_min_agreement: float = 0.99
+    int8_max_accuracy_drop: float = 0.005
     max_image_pixels: int = 40_000_000
     max_payload_bytes: int = 6 * 1024 * 1024
     response_timeout_s: int = 60
@@ -67,6 +73,18 @@ class ServingEnvironment:
                 raise ValueError(f"{var}={value} is below {minimum}")
             return value
 
+        def fraction(var: str, default: float) -> float:
+            raw = environ.get(var)
+            if not raw:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{var}={raw!r} is not a number") from None
+            if not 0 <= value <= 1:
+                raise ValueError(f"{var}={value} is not a fraction between 0 and 1")
+            return value
+
         cpus = cpu_count()
         # Workers x torch threads fill the CPUs, never more. Up to 4 threads share one worker, so a
         # batch runs on every core of a small instance; bigger ones get a worker per 4 cores.
@@ -86,6 +104,8 @@ class ServingEnvironment:
             max_batch_delay_ms=integer(MAX_BATCH_DELAY_ENV, 5, minimum=0),
             top_k=integer(TOP_K_ENV, 5),
             precision=precision,
+            int8_min_agreement=fraction(INT8_MIN_AGREEMENT_ENV, 0.99),
+            int8_max_accuracy_drop=fraction(INT8_MAX_ACCURACY_DROP_ENV, 0.005),
             max_image_pixels=integer(MAX_IMAGE_PIXELS_ENV, 40_000_000),
             max_payload_bytes=integer(sm.MAX_REQUEST_SIZE, 6) * 1024 * 1024,
             response_timeout_s=int(timeout) if timeout else 60,
