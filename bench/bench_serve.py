@@ -88,11 +88,11 @@ def write_photos(n: int, size=(500, 375)) -> list[bytes]:
     return photos
 
 
-def train_artifact(root: Path) -> Path:
+def train_artifact(root: Path, per_class: int) -> Path:
     """A ResNet50 artifact from the real training job (which also exports the serving formats)."""
     from serve_precision_agreement import train_fashion_mnist
 
-    return train_fashion_mnist(root, arch="resnet50", image_size=224, per_class=60, epochs=1,
+    return train_fashion_mnist(root, arch="resnet50", image_size=224, per_class=per_class, epochs=1,
                                extra=["--pretrained", "false", "--freeze", "false", "--batch-size", "16"])
 
 
@@ -302,7 +302,7 @@ def main(args) -> None:
     endpoints, raws = {}, {}
     try:
         photos = write_photos(16)
-        ours_dir = Path(args.model_dir) if args.model_dir else train_artifact(root)
+        ours_dir = Path(args.model_dir) if args.model_dir else train_artifact(root, args.train_per_class)
         card = load_card(ours_dir)
         aws_dir = aws_artifact(ours_dir, root)
         print(f"{card.arch}, {len(card.classes)} classes, {card.eval.crop_size}x{card.eval.crop_size}; "
@@ -420,6 +420,7 @@ def main(args) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", help="a resnet50 artifact to serve (default: train one)")
+    p.add_argument("--train-per-class", type=int, default=60, help="Fashion-MNIST images per class to train on")
     p.add_argument("--seconds", type=float, default=6, help="length of each throughput measure")
     p.add_argument("--rounds", type=int, default=3, help="measures of each endpoint, taken in turn")
     p.add_argument("--latency-requests", type=int, default=40)

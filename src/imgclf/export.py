@@ -40,10 +40,13 @@ MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
 
 
-def openvino_available() -> bool:
+def openvino_available(calibration: bool = False) -> bool:
+    """Whether OpenVINO (to run the IR) and, for `calibration`, NNCF (to quantize) import."""
     try:
-        import nncf  # noqa: F401
         import openvino  # noqa: F401
+
+        if calibration:
+            import nncf  # noqa: F401
     except ImportError:
         return False
     return True
@@ -135,7 +138,7 @@ def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, c
     """Write the OpenVINO float32 and int8 copies of `model` into `model_dir`, check both on
     `validation` against torch float32 and record them in model.json. `calibration` should give
     training images through the eval transform (`with_transform`). Returns the card written."""
-    if not openvino_available():
+    if not openvino_available(calibration=True):
         log.warning("openvino/nncf not installed: the artifact has no OpenVINO formats (pip install 'imgclf[openvino]')")
         return card
     start = time.perf_counter()
