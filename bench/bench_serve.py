@@ -332,12 +332,13 @@ def main(args) -> None:
             endpoints[name] = Endpoint(name, [str(serve)], env, port, root, root / f"{len(endpoints)}.log")
 
         # start-up of each alone, so nothing else competes for the cores
-        ready, chosen = {}, {}
+        ready, chosen, model_mb = {}, {}, {}
         for precision in PRECISIONS:
             ours(precision)
             ready[precision] = endpoints[precision].wait(photos[0], use_ping=True)
             log = endpoints[precision].log.read_text(errors="replace")
-            chosen[precision] = re.search(r"served by ([^,]+(?:\([^)]*\))?), \d+ threads", log)[1]
+            loaded = re.search(r"served by ([^,]+(?:\([^)]*\))?), \d+ threads, model memory (\S+) MB", log)
+            chosen[precision], model_mb[precision] = loaded[1], loaded[2]
             print(f"imgclf-serve --precision {precision}: {chosen[precision]}; first /ping 200 after "
                   f"{ready[precision]:.1f} s, and the request right after it answered", flush=True)
             print("  " + re.search(r"precision \w+: .*", log)[0], flush=True)
@@ -408,7 +409,7 @@ def main(args) -> None:
                   f"(handler's own time per request {handler[p]:.0f} ms)  (target < 15 ms)")
         for p in PRECISIONS:
             print(f"  {p}: process start to first /ping 200 (model answering): {ready[p]:.1f} s (target <= 10 s); "
-                  f"model worker memory {memory[p]:.0f} MB")
+                  f"model worker memory {memory[p]:.0f} MB, of which the loaded model {model_mb[p]} MB")
     finally:
         for ep in endpoints.values():
             ep.stop()
@@ -420,7 +421,7 @@ def main(args) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", help="a resnet50 artifact to serve (default: train one)")
-    p.add_argument("--train-per-class", type=int, default=60, help="Fashion-MNIST images per class to train on")
+    p.add_argument("--train-per-class", type=int, default=20, help="Fashion-MNIST images per class to train on")
     p.add_argument("--seconds", type=float, default=6, help="length of each throughput measure")
     p.add_argument("--rounds", type=int, default=3, help="measures of each endpoint, taken in turn")
     p.add_argument("--latency-requests", type=int, default=40)

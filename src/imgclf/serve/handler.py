@@ -26,7 +26,7 @@ from ..presets import ClassificationPresetEval
 from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError
-from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch
+from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,15 @@ class ImageClassifierHandler:
         self.classes = card.classes
         self.transform = ClassificationPresetEval.from_settings(card.eval)
         probe = probe_batch(PROBE_IMAGES, card.eval.crop_size, self.transform)
+        memory_before = resident_mb()
         factory = RunnerFactory(model_dir, card, self.device, env.torch_threads)
         self.runner = choose_runner(env.precision, factory, probe, env.int8_min_agreement, env.int8_max_accuracy_drop)
         self.runner(probe[:1]), self.runner(probe)  # warm-up: the first request pays no one-off cost
         self.initialized = True
-        log.info("model %s (%s, %d classes) served by %s, %d threads", model_dir, card.arch, len(self.classes),
-                 self.runner.name, env.torch_threads)
+        # the model's own memory (weights, compiled graph, buffers): what each model of a
+        # multi-model endpoint costs on top of the worker
+        log.info("model %s (%s, %d classes) served by %s, %d threads, model memory %.0f MB", model_dir, card.arch,
+                 len(self.classes), self.runner.name, env.torch_threads, resident_mb() - memory_before)
 
     def preprocess(self, data: list[dict], context) -> Batch:
         """Decode and transform every request; requests run side by side on the worker's threads

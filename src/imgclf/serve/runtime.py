@@ -20,6 +20,7 @@ A `Runner` takes a batch of transformed pixels and returns class probabilities. 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -71,6 +72,15 @@ class OpenVinoRunner:
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         logits = self.compiled(np.ascontiguousarray(pixels.numpy(), dtype=np.float32))[0]
         return torch.from_numpy(logits).float().softmax(dim=1)
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux), for the memory a loaded model takes."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def bf16_supported(device: torch.device) -> bool:
