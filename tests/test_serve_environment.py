@@ -62,7 +62,7 @@ def test_sm_model_dir_wins_outside_a_container():
     ("SAGEMAKER_MODEL_SERVER_WORKERS", "two", "not an integer"),
     ("IMGCLF_BATCH_SIZE", "0", "below 1"),
     ("IMGCLF_PRECISION", "fp16", "auto, fp32, bf16, int8"),
-    ("IMGCLF_INT8_MIN_AGREEMENT", "99", "between 0 and 1"),
+    ("IMGCLF_INT8_MIN_AGREEMENT", "99", "above 1"),
     ("IMGCLF_INT8_MAX_ACCURACY_DROP", "half", "not a number"),
 ])
 def test_bad_values_name_the_variable(var, value, words):
