@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import pytest
 import torch
@@ -103,3 +104,18 @@ def test_without_openvino_the_artifact_keeps_the_torch_weights_only(tmp_path, mo
     card = ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
     assert export.export_serving_formats(tmp_path, create_model("resnet18", 2), card, [], []) is card
     assert "openvino" in caplog.text and not list(tmp_path.iterdir())
+
+
+@pytest.mark.docker
+def test_the_image_exports_and_runs_the_int8_model(docker_image):
+    """The image's one venv holds OpenVINO and NNCF beside the training pins, and they work there."""
+    script = (
+        "import numpy, torch; from imgclf import export; from imgclf.model import create_model; "
+        "fp32 = export.to_openvino(create_model('resnet18', 3).eval(), 32); "
+        "int8 = export.quantize(fp32, [numpy.random.rand(4, 3, 32, 32).astype('float32')]); "
+        "print('int8 answers', export.compile_model(int8)(numpy.zeros((2, 3, 32, 32), 'float32'))[0].shape)"
+    )
+    proc = subprocess.run(["docker", "run", "--rm", docker_image, "sh", "-c", f"pip check && python -c \"{script}\""],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "No broken requirements found" in proc.stdout and "int8 answers (2, 3)" in proc.stdout
