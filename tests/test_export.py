@@ -119,3 +119,18 @@ def test_the_image_exports_and_runs_the_int8_model(docker_image):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "No broken requirements found" in proc.stdout and "int8 answers (2, 3)" in proc.stdout
+
+
+def test_training_stores_the_formats_checked_on_its_validation_channel(tmp_path, image_folders):
+    from test_train import job_env
+
+    from imgclf.train import run
+
+    env = job_env(tmp_path, image_folders, epochs="1")
+    assert run(env) == 0
+    card = load_card(env.model_dir)
+    assert set(card.formats) == {"openvino_fp32", "openvino_int8"}
+    valid_images = len(ImageFolderDataset(image_folders / "valid", card.classes))
+    assert all(f.agreement.images == valid_images for f in card.formats.values())
+    # calibrated on the training images (all of them: fewer than the 300 it takes at most)
+    assert card.formats["openvino_int8"].calibration_images == len(ImageFolderDataset(image_folders / "train", card.classes))
