@@ -100,7 +100,7 @@ def test_with_transform_keeps_the_subset_and_leaves_the_original_alone(tmp_path)
 
 
 def test_without_openvino_the_artifact_keeps_the_torch_weights_only(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(export, "openvino_available", lambda: False)
+    monkeypatch.setattr(export, "openvino_available", lambda calibration=False: False)
     card = ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
     assert export.export_serving_formats(tmp_path, create_model("resnet18", 2), card, [], []) is card
     assert "openvino" in caplog.text and not list(tmp_path.iterdir())
