@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
-"""Serving benchmark: the real `imgclf-serve` (multi-model-server) with a ResNet50 artifact
-(random weights: speed does not depend on them), against the raw network and against AWS's own
-PyTorch serving stack, all measured side by side in one run.
+"""Serving benchmark: the real `imgclf-serve` (multi-model-server) with a trained ResNet50 artifact,
+against the raw network and against AWS's own PyTorch serving stack, side by side in one run.
+
+The artifact comes from the real training job (`imgclf-train`: ResNet50 from scratch, 1 epoch on
+Fashion-MNIST class folders at 224 px), so it carries what training writes for serving: the
+OpenVINO float32 and int8 copies and their agreement with float32 on the validation set. AWS's
+stack loads the same weights. Requests are 500x375 photo-like JPEGs.
 
 Prints:
-  * endpoint throughput at concurrency 8 / raw batched forward throughput of the same model
-    (target >= 0.85), for the batching configuration and for one image per request;
-  * p50/p99 latency at concurrency 1 minus the raw single-image forward latency (the serving
-    overhead), for both configurations;
-  * throughput at concurrency 8 / AWS's stack (sagemaker-pytorch-inference 2.0.25 on TorchServe
-    0.12.0 with the typical user script bench/serve_aws_baseline_inference.py), as shipped and
-    with OMP_NUM_THREADS=1 (target >= 1.5);
-  * seconds from process start to the first 200 on /ping, checked by a request right after.
+  * for IMGCLF_PRECISION=auto (and the path it chose), int8 and fp32: images/s at concurrency 8
+    and the ratio to AWS's stack (sagemaker-pytorch-inference 2.0.25 on TorchServe 0.12.0 with the
+    typical user script bench/serve_aws_baseline_inference.py, OMP_NUM_THREADS=1; target >= 1.5),
+    and to the raw batched forward of the same path in the server's thread layout;
+  * the serving overhead at concurrency 1: p50/p99 latency minus the raw single-image forward of
+    the same path (target < 15 ms), split into the front (public port vs multi-model-server's
+    private port) and the rest (multi-model-server, its worker and the handler), with the
+    handler's own time per request from its log;
+  * seconds from process start to the first 200 on /ping, checked by a request right after
+    (target <= 10 s), and each model worker's resident memory.
 
-The raw forward uses the handler's own path (channels-last, bf16 when `auto` picks it) in the
-server's thread layout, and also as one single-threaded process per CPU; the ratio is printed
-against both. Every figure comes from rounds in which the measures take turns, so load from
-other processes on the machine hits them alike. Requests are 500x375 photo-like JPEGs.
+Throughput figures come from rounds in which the measures take turns, so load from other
+processes on the machine hits them alike.
 
-    .venv/bin/python bench/bench_serve.py                          # ~5 min on 2 cores
+    .venv/bin/python bench/bench_serve.py                          # ~10 min on 2 cores
+    .venv/bin/python bench/bench_serve.py --model-dir DIR          # your own resnet50 artifact
     .venv/bin/python bench/bench_serve.py --aws-venv ''            # skip AWS's stack
+    .venv/bin/python bench/bench_serve.py --aws-as-shipped         # also AWS's stack without OMP_NUM_THREADS
 
 AWS's stack is installed apart from the project (it pins its own server):
     python3 -m venv /tmp/aws-venv && /tmp/aws-venv/bin/pip install sagemaker-pytorch-inference==2.0.25 \\
@@ -34,6 +40,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +52,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 # the raw forward runs as the server's workers do (server.py sets this for them); before torch loads
@@ -52,7 +60,7 @@ OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
-CLASSES = 120  # dog breeds
+PRECISIONS = ("auto", "int8", "fp32")
 
 
 def write_photos(n: int, size=(500, 375)) -> list[bytes]:
@@ -80,30 +88,32 @@ def write_photos(n: int, size=(500, 375)) -> list[bytes]:
     return photos
 
 
-def make_artifacts(root: Path) -> tuple[Path, Path]:
-    """The product's artifact, and the same weights as a typical user's model.tar.gz contents."""
-    import torch
+def train_artifact(root: Path, per_class: int) -> Path:
+    """A ResNet50 artifact from the real training job (which also exports the serving formats)."""
+    from serve_precision_agreement import train_fashion_mnist
 
-    from imgclf.model import ModelCard, create_model, save_artifact
-    from imgclf.presets import EvalSettings
+    return train_fashion_mnist(root, arch="resnet50", image_size=224, per_class=per_class, epochs=1,
+                               extra=["--pretrained", "false", "--freeze", "false", "--batch-size", "16"])
 
-    torch.manual_seed(0)
-    classes = tuple(f"breed_{i:03d}" for i in range(CLASSES))
-    ours = root / "model"
-    save_artifact(ours, create_model("resnet50", CLASSES), ModelCard("resnet50", classes, EvalSettings.for_image_size(224)))
+
+def aws_artifact(ours: Path, root: Path) -> Path:
+    """The same weights as a typical user's model.tar.gz contents for AWS's stack."""
+    from imgclf.model import load_card
+
     aws = root / "aws" / "model"
     (aws / "code").mkdir(parents=True)
     shutil.copy(ours / "model.pt", aws / "model.pth")
-    (aws / "classes.json").write_text(json.dumps(classes))
+    (aws / "classes.json").write_text(json.dumps(load_card(ours).classes))
     shutil.copy(HERE / "serve_aws_baseline_inference.py", aws / "code" / "inference.py")
-    return ours, aws
+    return aws
 
 
-def handler_for(model_dir: Path, threads: int):
+def handler_for(model_dir: Path, threads: int, precision: str):
     from imgclf.serve.environment import ServingEnvironment
     from imgclf.serve.handler import ImageClassifierHandler
 
-    h = ImageClassifierHandler(ServingEnvironment(model_dir=model_dir, models_dir=model_dir, torch_threads=threads))
+    h = ImageClassifierHandler(ServingEnvironment(model_dir=model_dir, models_dir=model_dir, torch_threads=threads,
+                                                  precision=precision))
 
     class Context:
         system_properties = {"model_dir": str(model_dir), "gpu_id": None}
@@ -113,26 +123,23 @@ def handler_for(model_dir: Path, threads: int):
 
 
 class RawForward:
-    """The handler's forward pass alone, no decoding, in `processes` processes that stay up
-    between measures (so the raw rate can be measured in turn with the endpoints)."""
+    """The handler's forward pass alone (its runner, no decoding) in a process that stays up
+    between measures, so the raw rate is measured in turn with the endpoints."""
 
-    def __init__(self, model_dir: Path, processes: int, threads: int, batch: int = 8):
-        ctx = mp.get_context("spawn")  # fresh interpreters, like the server's workers: no thread pool inherited
-        self.pipes = []
-        for _ in range(processes):
-            parent, child = ctx.Pipe()
-            ctx.Process(target=self.serve, args=(child, model_dir, threads, batch), daemon=True).start()
-            self.pipes.append(parent)
-        self.precision = [p.recv() for p in self.pipes][0]
+    def __init__(self, model_dir: Path, threads: int, precision: str, batch: int = 8):
+        ctx = mp.get_context("spawn")  # a fresh interpreter, like the server's workers
+        self.pipe, child = ctx.Pipe()
+        ctx.Process(target=self.serve, args=(child, model_dir, threads, precision, batch), daemon=True).start()
+        self.runner = self.pipe.recv()
 
     @staticmethod
-    def serve(pipe, model_dir: Path, threads: int, batch: int) -> None:
+    def serve(pipe, model_dir: Path, threads: int, precision: str, batch: int) -> None:
         import torch
 
-        h = handler_for(model_dir, threads)
+        h = handler_for(model_dir, threads, precision)
         pixels, one = torch.randn(batch, 3, 224, 224), torch.randn(1, 3, 224, 224)
         h.inference(pixels), h.inference(one)
-        pipe.send("bf16" if h.autocast else "fp32")
+        pipe.send(h.runner.name)
         while (cmd := pipe.recv()) is not None:
             kind, amount = cmd
             if kind == "rate":
@@ -150,19 +157,15 @@ class RawForward:
                 pipe.send(statistics.median(times))
 
     def rate(self, seconds: float) -> tuple[int, float]:
-        """(images, seconds) over all processes running side by side."""
-        for p in self.pipes:
-            p.send(("rate", seconds))
-        results = [p.recv() for p in self.pipes]
-        return sum(n for n, _ in results), max(t for _, t in results)
+        self.pipe.send(("rate", seconds))
+        return self.pipe.recv()
 
     def latency(self, n: int = 30) -> float:
-        self.pipes[0].send(("latency", n))
-        return self.pipes[0].recv()
+        self.pipe.send(("latency", n))
+        return self.pipe.recv()
 
     def close(self) -> None:
-        for p in self.pipes:
-            p.send(None)
+        self.pipe.send(None)
 
 
 def free_port() -> int:
@@ -218,8 +221,8 @@ class Endpoint:
             pass
 
 
-def invoke(session, url: str, photo: bytes):
-    return session.post(url + "/invocations", data=photo, headers={"Content-Type": "image/jpeg"}, timeout=300)
+def invoke(session, url: str, photo: bytes, path: str = "/invocations"):
+    return session.post(url + path, data=photo, headers={"Content-Type": "image/jpeg"}, timeout=300)
 
 
 def throughput(url: str, photos: list[bytes], concurrency: int, seconds: float) -> tuple[int, float]:
@@ -257,48 +260,66 @@ def throughput(url: str, photos: list[bytes], concurrency: int, seconds: float) 
     return sum(counts), time.monotonic() - start
 
 
-def latencies(url: str, photos: list[bytes], n: int) -> tuple[float, float]:
+def latencies(url: str, photos: list[bytes], n: int, path: str = "/invocations") -> tuple[float, float]:
     """p50 and p99 seconds, one request at a time."""
     with requests.Session() as s:
         for p in photos[:3]:
-            invoke(s, url, p)
+            invoke(s, url, p, path)
         times = []
         for k in range(n):
             start = time.perf_counter()
-            r = invoke(s, url, photos[k % len(photos)])
+            r = invoke(s, url, photos[k % len(photos)], path)
             times.append(time.perf_counter() - start)
             assert r.status_code == 200, r.text
     q = statistics.quantiles(times, n=100, method="inclusive")
     return q[49], q[98]
 
 
+def worker_memory_mb(ep: Endpoint) -> float:
+    """Resident memory of the endpoint's model worker(s) (MMS's Python workers), in MB."""
+    procs = psutil.Process(ep.process.pid).children(recursive=True)
+    workers = [p for p in procs if "model_service_worker" in " ".join(p.cmdline())]
+    return sum(p.memory_info().rss for p in workers) / 1e6
+
+
+def mms_port(ep: Endpoint) -> int:
+    return int(re.search(r"starting multi-model-server on 127.0.0.1:(\d+)", ep.log.read_text())[1])
+
+
+def handler_ms(ep: Endpoint, since: int) -> list[float]:
+    """The handler's own time per batch (its log line) for batches of one request, logged after `since`."""
+    text = ep.log.read_text(errors="replace")[since:]
+    return [float(ms) for ms in re.findall(r"batch of 1 requests, 1 images, (\d+) ms", text)]
+
+
 def main(args) -> None:
+    from imgclf.model import load_card
     from imgclf.serve.environment import ServingEnvironment, cpu_count
 
     root = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    cpus = cpu_count()
     default = ServingEnvironment.from_env({})
     workers, threads = default.workers, default.torch_threads  # the server's default layout
     endpoints, raws = {}, {}
     try:
-        ours_dir, aws_dir = make_artifacts(root)
         photos = write_photos(16)
-        print(f"ResNet50, {CLASSES} classes, 224x224; {cpus} CPUs; requests: 500x375 JPEGs "
-              f"({sum(map(len, photos)) // len(photos) // 1000} kB); server layout {workers} worker x {threads} threads",
-              flush=True)
-        raws[f"{workers} x {threads} threads"] = RawForward(ours_dir, workers, threads)
-        if (workers, threads) != (cpus, 1):
-            raws[f"{cpus} x 1 thread"] = RawForward(ours_dir, cpus, 1)
-        precision = next(iter(raws.values())).precision
+        ours_dir = Path(args.model_dir) if args.model_dir else train_artifact(root, args.train_per_class)
+        card = load_card(ours_dir)
+        aws_dir = aws_artifact(ours_dir, root)
+        print(f"{card.arch}, {len(card.classes)} classes, {card.eval.crop_size}x{card.eval.crop_size}; "
+              f"{cpu_count()} CPUs; requests: 500x375 JPEGs ({sum(map(len, photos)) // len(photos) // 1000} kB); "
+              f"server layout {workers} worker x {threads} threads", flush=True)
+        for name, f in card.formats.items():
+            print(f"  {name} in the artifact: {f.agreement}", flush=True)
 
-        def ours(name, *flags):
+        def ours(precision):
             port = free_port()
             cmd = [sys.executable, "-m", "imgclf.serve.server", "--model-dir", str(ours_dir), "--port", str(port),
-                   "--host", "127.0.0.1", *flags]
+                   "--host", "127.0.0.1", "--precision", precision]
             env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "IMGCLF_", "SM_"))}
             if OMP_WAIT_POLICY is None:
                 env.pop("OMP_WAIT_POLICY", None)  # the server sets its own
-            endpoints[name] = Endpoint(name, cmd, env, port, root, root / f"{len(endpoints)}.log")
+            endpoints[precision] = Endpoint(f"imgclf-serve {precision}", cmd, env, port, root,
+                                            root / f"{len(endpoints)}.log")
 
         def aws(name, **extra_env):
             serve = Path(args.aws_venv) / "bin" / "serve"
@@ -310,66 +331,85 @@ def main(args) -> None:
                        PATH=f"{serve.parent}:{env['PATH']}", **extra_env)
             endpoints[name] = Endpoint(name, [str(serve)], env, port, root, root / f"{len(endpoints)}.log")
 
-        # start-up alone, so nothing else competes for the cores
-        ours("imgclf-serve batched")
-        ready = endpoints["imgclf-serve batched"].wait(photos[0], use_ping=True)
-        print(f"imgclf-serve: first /ping 200 after {ready:.1f} s, and the request right after it answered", flush=True)
-        ours("imgclf-serve one image per request", "--batch-size", "1")
-        endpoints["imgclf-serve one image per request"].wait(photos[0], use_ping=True)
+        # start-up of each alone, so nothing else competes for the cores
+        ready, chosen, model_mb = {}, {}, {}
+        for precision in PRECISIONS:
+            ours(precision)
+            ready[precision] = endpoints[precision].wait(photos[0], use_ping=True)
+            log = endpoints[precision].log.read_text(errors="replace")
+            loaded = re.search(r"served by ([^,]+(?:\([^)]*\))?), \d+ threads, model memory (\S+) MB", log)
+            chosen[precision], model_mb[precision] = loaded[1], loaded[2]
+            print(f"imgclf-serve --precision {precision}: {chosen[precision]}; first /ping 200 after "
+                  f"{ready[precision]:.1f} s, and the request right after it answered", flush=True)
+            print("  " + re.search(r"precision \w+: .*", log)[0], flush=True)
+        for precision in PRECISIONS:
+            raws[precision] = RawForward(ours_dir, threads, precision)
+        memory = {p: worker_memory_mb(endpoints[p]) for p in PRECISIONS}
 
-        # rounds: each measure in turn, so a neighbour's load hits all of them alike
         done = {}
 
         def measure(names):
+            """images/s of each name, over `rounds` rounds in which they take turns."""
+            for name in names:
+                done.pop(name, None)
             for _ in range(args.rounds):
                 for name in names:
-                    n, t = raws[name].rate(args.seconds) if name in raws else \
+                    n, t = raws[name[4:]].rate(args.seconds) if name.startswith("raw ") else \
                         throughput(endpoints[name].url, photos, 8, args.seconds)
                     done.setdefault(name, [0, 0.0])
                     done[name][0] += n
                     done[name][1] += t
             return {name: done[name][0] / done[name][1] for name in names}
 
-        rate = measure([*raws, "imgclf-serve batched", "imgclf-serve one image per request"])
-        lat = {name: latencies(endpoints[name].url, photos, args.latency_requests) for name in list(endpoints)}
-        raw_latency = next(iter(raws.values())).latency()
-        endpoints.pop("imgclf-serve one image per request").stop()
-        raw = max(rate[name] for name in raws)
-        print(f"\nimages/s at concurrency 8 ({args.rounds} rounds of {args.seconds:.0f} s each, taken in turn):")
-        for name in raws:
-            print(f"  raw forward, batch 8, {precision}, {name}: {rate[name]:.1f}")
-        for name in lat:
-            print(f"  {name}: {rate[name]:.1f}")
-        batched, single = rate["imgclf-serve batched"], rate["imgclf-serve one image per request"]
-
-        # AWS's stack, one at a time (its launcher refuses a second TorchServe on the machine and
-        # shares /etc/sagemaker-ts.properties), each in turn with imgclf-serve
         versus = {}
-        if args.aws_venv:
-            for name, extra in (("AWS stack as shipped", {}), ("AWS stack OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})):
+        aws_configs = [("AWS stack OMP_NUM_THREADS=1", {"OMP_NUM_THREADS": "1"})]
+        if args.aws_as_shipped:
+            aws_configs.insert(0, ("AWS stack as shipped", {}))
+        if not args.aws_venv:
+            aws_configs = []
+        rate = {}
+        for name, extra in aws_configs or [(None, None)]:
+            # AWS's launcher refuses a second TorchServe on the machine: one configuration at a time
+            if name:
                 aws(name, **extra)
-                ready_aws = endpoints[name].wait(photos[0], use_ping=False)
-                done.pop("imgclf-serve batched")
-                pair = measure(["imgclf-serve batched", name])
+                aws_ready = endpoints[name].wait(photos[0], use_ping=False)
+            names = [*PRECISIONS, *([name] if name else []), *(f"raw {p}" for p in PRECISIONS)]
+            rate = measure(names)
+            print(f"\nimages/s at concurrency 8 ({args.rounds} rounds of {args.seconds:.0f} s each, taken in turn):")
+            for n in names:
+                label = f"imgclf-serve {n} ({chosen[n]})" if n in PRECISIONS else \
+                    f"raw forward, batch 8, {raws[n[4:]].runner}, 1 x {threads} threads" if n.startswith("raw ") else \
+                    f"{n} (first answer after {aws_ready:.1f} s)"
+                print(f"  {label}: {rate[n]:.1f}", flush=True)
+            if name:
+                versus[name] = {p: rate[p] / rate[name] for p in PRECISIONS}
                 endpoints.pop(name).stop()
-                versus[name] = pair["imgclf-serve batched"] / pair[name]
-                print(f"  {name}: {pair[name]:.1f} (first answer after {ready_aws:.1f} s), "
-                      f"imgclf-serve batched in the same rounds: {pair['imgclf-serve batched']:.1f}", flush=True)
+
+        # concurrency 1: through the front, and straight to multi-model-server's private port
+        lat, direct, handler = {}, {}, {}
+        for p in PRECISIONS:
+            since = len(endpoints[p].log.read_text(errors="replace"))
+            lat[p] = latencies(endpoints[p].url, photos, args.latency_requests)
+            handler[p] = statistics.median(handler_ms(endpoints[p], since) or [float("nan")])
+            direct[p] = latencies(f"http://127.0.0.1:{mms_port(endpoints[p])}", photos, args.latency_requests,
+                                  path="/predictions/model")
+        raw_latency = {p: raws[p].latency() for p in PRECISIONS}
 
         print("\nsummary")
-        same = rate[next(iter(raws))]  # the server's own layout
-        print(f"  endpoint / raw batched forward at concurrency 8, against the server's layout "
-              f"({next(iter(raws))}): batched {batched / same:.2f}, one image per request {single / same:.2f}  "
-              f"(target >= 0.85)")
-        print(f"  the same against the fastest raw layout ({raw:.1f} img/s): batched {batched / raw:.2f}, "
-              f"one image per request {single / raw:.2f}")
-        for name, (p50, p99) in lat.items():
-            print(f"  {name}, concurrency 1: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; serving overhead "
-                  f"p50 {(p50 - raw_latency) * 1000:+.0f} ms, p99 {(p99 - raw_latency) * 1000:+.0f} ms "
-                  f"over the raw single-image forward ({raw_latency * 1000:.0f} ms)")
-        for name, ratio in versus.items():
-            print(f"  imgclf-serve batched / {name}: {ratio:.2f}  (target >= 1.5)")
-        print(f"  process start to first /ping 200 (model answering): {ready:.1f} s")
+        for p in PRECISIONS:
+            for name, ratios in versus.items():
+                print(f"  imgclf-serve {p} ({chosen[p]}) / {name}, concurrency 8: {ratios[p]:.2f}  (target >= 1.5)")
+        for p in PRECISIONS:
+            print(f"  imgclf-serve {p} / its raw batched forward: {rate[p] / rate['raw ' + p]:.2f}")
+        for p in PRECISIONS:
+            (p50, p99), (d50, _), raw = lat[p], direct[p], raw_latency[p]
+            print(f"  {p}, concurrency 1: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms; raw single-image forward "
+                  f"{raw * 1000:.0f} ms; serving overhead p50 {(p50 - raw) * 1000:+.0f} ms = front "
+                  f"{(p50 - d50) * 1000:+.0f} ms + multi-model-server and worker {(d50 - raw) * 1000:+.0f} ms "
+                  f"(handler's own time per request {handler[p]:.0f} ms)  (target < 15 ms)")
+        for p in PRECISIONS:
+            print(f"  {p}: process start to first /ping 200 (model answering): {ready[p]:.1f} s (target <= 10 s); "
+                  f"model worker memory {memory[p]:.0f} MB, of which the loaded model {model_mb[p]} MB")
     finally:
         for ep in endpoints.values():
             ep.stop()
@@ -380,8 +420,11 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", help="a resnet50 artifact to serve (default: train one)")
+    p.add_argument("--train-per-class", type=int, default=20, help="Fashion-MNIST images per class to train on")
     p.add_argument("--seconds", type=float, default=6, help="length of each throughput measure")
     p.add_argument("--rounds", type=int, default=3, help="measures of each endpoint, taken in turn")
     p.add_argument("--latency-requests", type=int, default=40)
     p.add_argument("--aws-venv", default="/tmp/aws-venv", help="venv with AWS's stack; '' to skip it")
+    p.add_argument("--aws-as-shipped", action="store_true", help="also AWS's stack without OMP_NUM_THREADS=1")
     main(p.parse_args())

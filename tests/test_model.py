@@ -145,3 +145,17 @@ def test_unreachable_download_gives_no_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(models, "weights_url", lambda arch: "http://127.0.0.1:9/resnet50-0123abcd.pth")
     assert models.find_imagenet_weights("resnet50", None) is None
+
+
+def test_card_carries_serving_formats_and_reads_cards_without_them(tmp_path):
+    agreement = models.Agreement(images=50, top1_agreement=0.98, accuracy=0.9, fp32_accuracy=0.92)
+    int8 = models.ServingFormat("model_int8.xml", "int8", agreement, calibration_images=300)
+    with_formats = models.ModelCard(card().arch, card().classes, card().eval, formats={"openvino_int8": int8})
+    models.write_card(tmp_path, with_formats)
+    loaded = models.load_card(tmp_path)
+    assert loaded.formats["openvino_int8"] == int8
+    assert loaded.formats["openvino_int8"].agreement.accuracy_drop == pytest.approx(0.02)
+    older = with_formats.to_dict()
+    del older["formats"]  # a card written before formats existed
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    assert models.load_card(tmp_path).formats == {}

@@ -17,6 +17,8 @@ def test_defaults_follow_the_sagemaker_contract():
     assert env.workers == 1 and env.torch_threads == 4
     assert env.max_payload_bytes == 6 * 1024 * 1024
     assert env.precision == "auto" and env.top_k == 5
+    # auto serves int8 at >= 99 % top-1 agreement and <= 0.5 point accuracy drop
+    assert (env.int8_min_agreement, env.int8_max_accuracy_drop) == (0.99, 0.005)
 
 
 @pytest.mark.parametrize("cpus, workers, threads", [(1, 1, 1), (2, 1, 2), (6, 2, 3), (16, 4, 4)])
@@ -39,13 +41,16 @@ def test_sagemaker_and_imgclf_variables_override():
             "IMGCLF_BATCH_SIZE": "16",
             "IMGCLF_MAX_BATCH_DELAY_MS": "0",
             "IMGCLF_TOP_K": "3",
-            "IMGCLF_PRECISION": "fp32",
+            "IMGCLF_PRECISION": "int8",
+            "IMGCLF_INT8_MIN_AGREEMENT": "0.95",
+            "IMGCLF_INT8_MAX_ACCURACY_DROP": "0.02",
         })
     assert env.model_dir == Path("/srv/ml/model") and env.models_dir == Path("/srv/ml/models")
     assert env.port == 9090 and env.multi_model
     assert env.workers == 2 and env.torch_threads == 4
     assert env.response_timeout_s == 120 and env.max_payload_bytes == 20 * 1024 * 1024
-    assert (env.batch_size, env.max_batch_delay_ms, env.top_k, env.precision) == (16, 0, 3, "fp32")
+    assert (env.batch_size, env.max_batch_delay_ms, env.top_k, env.precision) == (16, 0, 3, "int8")
+    assert (env.int8_min_agreement, env.int8_max_accuracy_drop) == (0.95, 0.02)
 
 
 def test_sm_model_dir_wins_outside_a_container():
@@ -56,7 +61,9 @@ def test_sm_model_dir_wins_outside_a_container():
 @pytest.mark.parametrize("var, value, words", [
     ("SAGEMAKER_MODEL_SERVER_WORKERS", "two", "not an integer"),
     ("IMGCLF_BATCH_SIZE", "0", "below 1"),
-    ("IMGCLF_PRECISION", "fp16", "auto, fp32, bf16"),
+    ("IMGCLF_PRECISION", "fp16", "auto, fp32, bf16, int8"),
+    ("IMGCLF_INT8_MIN_AGREEMENT", "99", "above 1"),
+    ("IMGCLF_INT8_MAX_ACCURACY_DROP", "half", "not a number"),
 ])
 def test_bad_values_name_the_variable(var, value, words):
     with pytest.raises(ValueError, match=var) as e:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
+from test_export import exported  # noqa: F401  (fixture: an artifact with its OpenVINO formats)
 
 from imgclf.model import load_artifact
 from imgclf.presets import ClassificationPresetEval
-from imgclf.serve import handler as handler_module
 from imgclf.serve.environment import ServingEnvironment
 from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
 
@@ -98,23 +98,6 @@ def test_top_k_is_capped_at_the_number_of_classes(handler):
     assert len(answers[0]["predictions"][0]) == len(CLASSES)
 
 
-def test_auto_precision_uses_bf16_only_where_it_agrees_with_fp32(model_dir, tmp_path):
-    h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
-    with mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=False):
-        h.initialize(MockContext(model_dir))
-    assert h.autocast is False
-    h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
-    with mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=True):
-        h.initialize(MockContext(model_dir))
-    assert h.autocast is True  # a small ResNet agrees within the tolerance
-    # a network whose bf16 answers drift is kept in fp32
-    with mock.patch.object(handler_module, "MAX_PROBABILITY_GAP", 0.0), \
-            mock.patch.object(ImageClassifierHandler, "bf16_supported", return_value=True):
-        h = ImageClassifierHandler(environment(tmp_path, precision="auto"))
-        h.initialize(MockContext(model_dir))
-    assert h.autocast is False
-
-
 def test_inference_runs_channels_last_without_autograd(handler):
     pixels = torch.randn(2, 3, 40, 40)
     seen = {}
@@ -123,7 +106,7 @@ def test_inference_runs_channels_last_without_autograd(handler):
         seen["channels_last"] = args[0].is_contiguous(memory_format=torch.channels_last)
         seen["inference_mode"] = torch.is_inference_mode_enabled()
 
-    handle = handler.model.conv1.register_forward_hook(hook)
+    handle = handler.runner.model.conv1.register_forward_hook(hook)
     try:
         probs = handler.inference(pixels)
     finally:
@@ -138,3 +121,12 @@ def test_pixel_limit_comes_from_the_environment(model_dir, tmp_path, monkeypatch
     h.initialize(MockContext(model_dir))
     answers, context = run(h, [encode(Image.new("RGB", (50, 50)), "PNG")], [{"Content-Type": "image/png"}])
     assert context.status[0][0] == 413 and "decompression bomb" in answers[0]["message"]
+
+
+def test_an_exported_artifact_is_served_by_its_int8_model(exported, tmp_path):
+    model_dir, _, _, _ = exported
+    h = ImageClassifierHandler(environment(tmp_path, precision="int8", top_k=1))
+    h.initialize(MockContext(model_dir))
+    assert h.runner.name == "openvino int8"
+    answers, context = run(h, [jpeg(), b"garbage"], [{"Content-Type": "image/jpeg"}] * 2)
+    assert len(answers[0]["predictions"][0]) == 1 and context.status[1][0] == 400

@@ -17,7 +17,7 @@ from imgclf.presets import ClassificationPresetEval
 from imgclf.train import TrainState, parse_hyperparameters, run
 
 TINY = {"arch": "resnet18", "pretrained": "false", "image-size": "32", "batch-size": "8", "epochs": "2",
-        "num-workers": "0", "log-interval": "0"}
+        "num-workers": "0", "log-interval": "0", "serving-formats": "false"}  # test_export covers those
 
 
 def job_env(tmp_path: Path, data: Path, **hyperparameters) -> TrainingEnvironment:

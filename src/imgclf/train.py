@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import debug, distributed, features, hyperparameters
+from . import debug, distributed, export, features, hyperparameters
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .contract import TrainingEnvironment, UserError, run_job
@@ -305,6 +305,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     model = build_model(args, classes, env, device)
     net = model  # what the loop runs: the network, or only its head on cached backbone features
+    images = train_ds, valid_ds  # the serving formats calibrate and check on images, not features
     if use_features:
         feature_set = features.for_job(args, env, model, card, channel_features, (train_ds, valid_ds, test_ds),
                                        num_workers, device, lambda: autocast(device, args.amp))
@@ -396,6 +397,12 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
             state.history.append(dict(test_loss=test_loss, test_acc=test_acc, test_skipped=test_skipped))
     if topology.is_main:
         models.save_artifact(env.model_dir, _unwrap(model), card)
+        if args.serving_formats and images[0] is not None:
+            # faster copies for CPU serving (OpenVINO float32 and int8), checked on the validation set
+            export.export_serving_formats(env.model_dir, _unwrap(model), card,
+                                          calibration=export.with_transform(images[0], eval_tf), validation=images[1])
+        elif args.serving_formats:
+            log.warning("no images in this job (features channel only): the artifact has no OpenVINO formats")
         (env.output_data_dir / "metrics.json").write_text(json.dumps(state.history, indent=2) + "\n")
         log.info("model artifact written to %s", env.model_dir)
     callbacks.on_train_end(state.history)

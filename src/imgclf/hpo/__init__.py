@@ -36,4 +36,6 @@ BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.
-TRIAL_ONLY = ("features", "extract-features", "log-interval")
+TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats")
+# Every trial's: its model is not served (the final job's is), so it skips the serving formats.
+TRIAL_DEFAULTS = {"serving-formats": "false"}

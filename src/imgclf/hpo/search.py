@@ -33,7 +33,8 @@ from optuna.trial import TrialState
 from .. import hyperparameters
 from ..callbacks import Callback
 from ..contract import TrainingEnvironment, UserError
-from . import FINAL_EPOCHS, OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_ONLY, Categorical, Continuous
+from . import (FINAL_EPOCHS, OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical,
+               Continuous)
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def run(search: Search, progress: Progress | None = None) -> dict:
         trial = study.ask()
         point = suggest(trial, fixed=search.fixed)
         progress.trial_begins(trial.number + 1, point)
-        hps = {**search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0"}
+        hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0"}
         channels = dict(search.channels)
         if features_channel:
             hps["features"] = "true"

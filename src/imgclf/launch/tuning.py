@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sagemaker.tuner import (
@@ -26,7 +26,7 @@ from sagemaker.tuner import (
 )
 
 from ..contract import RESERVED_PREFIXES, UserError
-from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_ONLY, Categorical, Continuous
+from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous
 from ..hyperparameters import BY_NAME, typed
 from ..metrics import metric_definitions
 from .session import Target
@@ -78,8 +78,9 @@ def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: in
         if len(warm_start) > 5:
             raise UserError(f"a tuning job warm-starts from at most 5 parent jobs, got {len(warm_start)}")
         warm_start_config = WarmStartConfig(WarmStartTypes(warm_start_type), parents=set(warm_start))
+    trial_spec = replace(spec, hyperparameters={**TRIAL_DEFAULTS, **spec.hyperparameters})
     return HyperparameterTuner(
-        estimator(spec, target),
+        estimator(trial_spec, target),
         objective_metric_name=OBJECTIVE_METRIC,
         hyperparameter_ranges=parameter_ranges(fixed=spec.hyperparameters),
         metric_definitions=metric_definitions(),  # all of them, so every trial charts them; one is the objective

@@ -21,7 +21,9 @@ TOP_K_ENV = "IMGCLF_TOP_K"
 TORCH_THREADS_ENV = "IMGCLF_TORCH_THREADS"
 PRECISION_ENV = "IMGCLF_PRECISION"
 MAX_IMAGE_PIXELS_ENV = "IMGCLF_MAX_IMAGE_PIXELS"
-PRECISIONS = ("auto", "fp32", "bf16")
+INT8_MIN_AGREEMENT_ENV = "IMGCLF_INT8_MIN_AGREEMENT"
+INT8_MAX_ACCURACY_DROP_ENV = "IMGCLF_INT8_MAX_ACCURACY_DROP"
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MAX_DEFAULT_THREADS = 4
 
 
@@ -45,6 +47,10 @@ class ServingEnvironment:
     max_batch_delay_ms: int = 5
     top_k: int = 5
     precision: str = "auto"
+    # `auto` serves int8 only if, on the validation set, it kept this share of float32's top-1
+    # answers and lost at most this much accuracy (0.005: half a point)
+    int8_min_agreement: float = 0.99
+    int8_max_accuracy_drop: float = 0.005
     max_image_pixels: int = 40_000_000
     max_payload_bytes: int = 6 * 1024 * 1024
     response_timeout_s: int = 60
@@ -55,22 +61,27 @@ class ServingEnvironment:
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServingEnvironment:
         base = Path(environ.get(sm.BASE_PATH_ENV) or DEFAULT_BASE_DIR)
 
-        def integer(var: str, default: int, minimum: int = 1) -> int:
+        def number(var: str, default, kind=int, minimum=1, maximum=None):
             raw = environ.get(var)
             if not raw:
                 return default
             try:
-                value = int(raw)
+                value = kind(raw)
             except ValueError:
-                raise ValueError(f"{var}={raw!r} is not an integer") from None
+                raise ValueError(f"{var}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
             if value < minimum:
                 raise ValueError(f"{var}={value} is below {minimum}")
+            if maximum is not None and value > maximum:
+                raise ValueError(f"{var}={value} is above {maximum}")
             return value
+
+        def fraction(var: str, default: float) -> float:
+            return number(var, default, float, minimum=0, maximum=1)
 
         cpus = cpu_count()
         # Workers x torch threads fill the CPUs, never more. Up to 4 threads share one worker, so a
         # batch runs on every core of a small instance; bigger ones get a worker per 4 cores.
-        workers = integer(sm.MODEL_SERVER_WORKERS_ENV, -(-cpus // MAX_DEFAULT_THREADS))
+        workers = number(sm.MODEL_SERVER_WORKERS_ENV, -(-cpus // MAX_DEFAULT_THREADS))
         precision = environ.get(PRECISION_ENV) or "auto"
         if precision not in PRECISIONS:
             raise ValueError(f"{PRECISION_ENV}={precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -79,16 +90,18 @@ class ServingEnvironment:
             model_dir=Path(environ.get(MODEL_DIR_ENV) or base / "model"),
             models_dir=base / "models",
             multi_model=environ.get(sm.MULTI_MODEL_ENV, "false").lower() == "true",
-            port=integer(sm.BIND_TO_PORT_ENV, 8080),
+            port=number(sm.BIND_TO_PORT_ENV, 8080),
             workers=workers,
-            torch_threads=integer(TORCH_THREADS_ENV, max(1, cpus // workers)),
-            batch_size=integer(BATCH_SIZE_ENV, 8),
-            max_batch_delay_ms=integer(MAX_BATCH_DELAY_ENV, 5, minimum=0),
-            top_k=integer(TOP_K_ENV, 5),
+            torch_threads=number(TORCH_THREADS_ENV, max(1, cpus // workers)),
+            batch_size=number(BATCH_SIZE_ENV, 8),
+            max_batch_delay_ms=number(MAX_BATCH_DELAY_ENV, 5, minimum=0),
+            top_k=number(TOP_K_ENV, 5),
             precision=precision,
-            max_image_pixels=integer(MAX_IMAGE_PIXELS_ENV, 40_000_000),
-            max_payload_bytes=integer(sm.MAX_REQUEST_SIZE, 6) * 1024 * 1024,
+            int8_min_agreement=fraction(INT8_MIN_AGREEMENT_ENV, 0.99),
+            int8_max_accuracy_drop=fraction(INT8_MAX_ACCURACY_DROP_ENV, 0.005),
+            max_image_pixels=number(MAX_IMAGE_PIXELS_ENV, 40_000_000),
+            max_payload_bytes=number(sm.MAX_REQUEST_SIZE, 6) * 1024 * 1024,
             response_timeout_s=int(timeout) if timeout else 60,
-            startup_timeout_s=integer(sm.STARTUP_TIMEOUT_ENV, 600),
+            startup_timeout_s=number(sm.STARTUP_TIMEOUT_ENV, 600),
             vmargs=environ.get(sm.MODEL_SERVER_VMARGS) or "-XX:-UseContainerSupport",
         )

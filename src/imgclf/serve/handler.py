@@ -5,8 +5,9 @@ A batch holds several requests (server-side batching) and each request one or mo
 images go through the network as one tensor. A request the decoder refuses gets its own 4xx with a
 JSON reason while the rest of the batch is answered.
 
-The network runs under `torch.inference_mode`, in channels-last layout, and in bfloat16 autocast
-when the processor supports it and a probe batch gives the same answers as float32 (`precision`).
+The network runs through the `Runner` that `IMGCLF_PRECISION` picks (runtime.py): OpenVINO's int8
+or float32 copy stored in the artifact on CPUs, torch (channels-last, bfloat16 where it agrees)
+otherwise.
 """
 from __future__ import annotations
 
@@ -20,21 +21,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..model import load_artifact
+from ..model import load_card
 from ..presets import ClassificationPresetEval
 from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError
+from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb
 
 log = logging.getLogger(__name__)
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_TYPE = "application/json"
-PROBE_IMAGES = 4
-# bfloat16 keeps 8 bits of mantissa: on 20 real photos (bench/serve_precision_agreement.py) an
-# ImageNet efficientnet_lite0 kept every top-1 and moved probabilities by up to 0.04. Refuse it
-# when the probe moves them more, or changes a top-1 that float32 is sure of.
-MAX_PROBABILITY_GAP = 0.05
 
 
 @dataclass
@@ -50,7 +47,7 @@ class Batch:
 class ImageClassifierHandler:
     def __init__(self, env: ServingEnvironment | None = None):
         self.env = env
-        self.model = None
+        self.runner = None
         self.initialized = False
 
     def initialize(self, context) -> None:
@@ -61,42 +58,19 @@ class ImageClassifierHandler:
         gpu = context.system_properties.get("gpu_id")
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
         model_dir = Path(context.system_properties["model_dir"])
-        model, card = load_artifact(model_dir)
+        card = load_card(model_dir)
         self.classes = card.classes
         self.transform = ClassificationPresetEval.from_settings(card.eval)
-        self.model = model.to(self.device, memory_format=torch.channels_last)
-        self.autocast = self.choose_precision(env.precision, card.eval.crop_size)
+        probe = probe_batch(PROBE_IMAGES, card.eval.crop_size, self.transform)
+        memory_before = resident_mb()
+        factory = RunnerFactory(model_dir, card, self.device, env.torch_threads)
+        self.runner = choose_runner(env.precision, factory, probe, env.int8_min_agreement, env.int8_max_accuracy_drop)
+        self.runner(probe[:1]), self.runner(probe)  # warm-up: the first request pays no one-off cost
         self.initialized = True
-        log.info("model %s (%s, %d classes) on %s in %s, %d torch threads", model_dir, card.arch,
-                 len(self.classes), self.device, "bfloat16" if self.autocast else "float32", torch.get_num_threads())
-
-    def bf16_supported(self) -> bool:
-        if self.device.type == "cuda":
-            return torch.cuda.is_bf16_supported()
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-    def choose_precision(self, precision: str, crop_size: int) -> bool:
-        """True to run in bfloat16 autocast. `auto` checks it against float32 on a probe batch,
-        which also warms up both code paths before the first request."""
-        if precision == "fp32" or (precision == "auto" and not self.bf16_supported()):
-            return False
-        if precision == "bf16":
-            return True
-        probe = probe_batch(PROBE_IMAGES, crop_size, self.transform)
-        fp32, bf16 = self.forward(probe, autocast=False), self.forward(probe, autocast=True)
-        gap = (fp32 - bf16).abs().max().item()
-        top2 = fp32.topk(min(2, fp32.shape[1])).values
-        sure = (top2[:, 0] - top2[:, -1]) > 2 * MAX_PROBABILITY_GAP
-        same_top1 = bool((fp32.argmax(1) == bf16.argmax(1))[sure].all())
-        log.info("bfloat16 vs float32 on the probe batch: largest probability gap %.4f, top-1 %s",
-                 gap, "agrees" if same_top1 else "differs")
-        return gap <= MAX_PROBABILITY_GAP and same_top1
-
-    def forward(self, pixels: torch.Tensor, autocast: bool) -> torch.Tensor:
-        pixels = pixels.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = self.model(pixels)
-        return logits.float().softmax(dim=1).cpu()
+        # the model's own memory (weights, compiled graph, buffers): what each model of a
+        # multi-model endpoint costs on top of the worker
+        log.info("model %s (%s, %d classes) served by %s, %d threads, model memory %.0f MB", model_dir, card.arch,
+                 len(self.classes), self.runner.name, env.torch_threads, resident_mb() - memory_before)
 
     def preprocess(self, data: list[dict], context) -> Batch:
         """Decode and transform every request; requests run side by side on the worker's threads
@@ -129,7 +103,7 @@ class ImageClassifierHandler:
             return e
 
     def inference(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.forward(pixels, self.autocast)
+        return self.runner(pixels)
 
     def postprocess(self, probabilities: torch.Tensor | None, batch: Batch) -> list[str]:
         answers, start = [], 0
@@ -183,14 +157,3 @@ def top_k_attribute(attributes: str | None) -> int | None:
             return k
     return None
 
-
-def probe_batch(n: int, size: int, transform: ClassificationPresetEval) -> torch.Tensor:
-    """Deterministic smooth colour images through the real transform: inputs in the range the
-    network sees, unlike uniform noise."""
-    g = torch.Generator().manual_seed(0)
-    images = []
-    for _ in range(n):
-        low = torch.rand(3, 4, 4, generator=g)
-        up = torch.nn.functional.interpolate(low[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-        images.append(Image.fromarray((up.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()))
-    return torch.stack([transform(img) for img in images])

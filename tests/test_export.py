@@ -1,0 +1,136 @@
+import json
+import subprocess
+
+import pytest
+import torch
+from conftest import make_image_folder
+from torch.utils.data import Subset
+
+from imgclf import export
+from imgclf.data import ImageFolderDataset, find_classes
+from imgclf.model import ModelCard, create_model, load_card, save_artifact
+from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
+
+pytestmark = pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A small trained-looking artifact with its OpenVINO formats, as training leaves it."""
+    root = tmp_path_factory.mktemp("export")
+    for split, seed in (("train", 0), ("valid", 1)):
+        make_image_folder(root / split, per_class=6, seed=seed)
+    classes = find_classes(root / "train")
+    settings = EvalSettings.for_image_size(32)
+    eval_tf = ClassificationPresetEval.from_settings(settings)
+    torch.manual_seed(0)
+    model = create_model("resnet18", len(classes)).eval()
+    card = ModelCard("resnet18", tuple(classes), settings)
+    save_artifact(root / "model", model, card)
+    train = ImageFolderDataset(root / "train", classes, ClassificationPresetTrain(crop_size=32))
+    valid = ImageFolderDataset(root / "valid", classes, eval_tf)
+    written = export.export_serving_formats(root / "model", model, card, export.with_transform(train, eval_tf), valid,
+                                            calibration_images=10)
+    return root / "model", model, written, valid
+
+
+def test_formats_and_their_agreement_are_recorded_in_model_json(exported):
+    model_dir, _, written, valid = exported
+    card = load_card(model_dir)
+    assert card.to_dict() == written.to_dict()
+    assert set(card.formats) == {"openvino_fp32", "openvino_int8"}
+    fp32, int8 = card.formats["openvino_fp32"], card.formats["openvino_int8"]
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    assert int8.calibration_images == 10  # at most the images asked for
+    for f in (fp32, int8):
+        assert (model_dir / f.file).is_file() and (model_dir / f.file).with_suffix(".bin").is_file()
+        assert f.agreement.images == len(valid)
+        assert f.agreement.fp32_accuracy == fp32.agreement.fp32_accuracy
+    assert fp32.agreement.top1_agreement == 1.0 and fp32.agreement.accuracy_drop == 0  # the same network
+    raw = json.loads((model_dir / "model.json").read_text())["formats"]["openvino_int8"]
+    assert set(raw["agreement"]) == {"images", "top1_agreement", "accuracy", "fp32_accuracy", "accuracy_drop"}
+
+
+def test_stored_files_are_an_xml_graph_and_raw_weights(exported):
+    model_dir, _, card, _ = exported
+    for f in card.formats.values():
+        assert (model_dir / f.file).read_bytes().startswith(b"<?xml")
+    # the int8 weights take about a quarter of the float32 ones
+    sizes = {name: (model_dir / f.file).with_suffix(".bin").stat().st_size for name, f in card.formats.items()}
+    assert sizes["openvino_int8"] < 0.4 * sizes["openvino_fp32"]
+
+
+def test_float32_copy_gives_the_networks_answers(exported):
+    model_dir, model, card, _ = exported
+    compiled = export.compile_model(export.read_model(model_dir / card.formats["openvino_fp32"].file), threads=1)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(pixels)
+    assert torch.allclose(torch.from_numpy(compiled(pixels.numpy())[0]), expected, atol=1e-4)
+
+
+def test_agreement_counts_top1_matches_and_accuracy(exported):
+    _, model, _, valid = exported
+
+    class Constant:  # a "compiled model" that always answers class 0
+        def __call__(self, pixels):
+            logits = torch.zeros(len(pixels), 3)
+            logits[:, 0] = 1
+            return [logits.numpy()]
+
+    with torch.no_grad():
+        fp32 = torch.cat([model(x).argmax(1) for x, _ in export.pixel_batches(valid, 100)])
+    labels = torch.tensor(valid.targets)
+    a = export.agreement(model, Constant(), valid)
+    assert a.images == len(valid)
+    assert a.top1_agreement == pytest.approx((fp32 == 0).float().mean().item())
+    assert a.accuracy == pytest.approx((labels == 0).float().mean().item())
+    assert a.fp32_accuracy == pytest.approx((fp32 == labels).float().mean().item())
+
+
+def test_with_transform_keeps_the_subset_and_leaves_the_original_alone(tmp_path):
+    make_image_folder(tmp_path / "train", per_class=2)
+    classes = find_classes(tmp_path / "train")
+    train_tf = ClassificationPresetTrain(crop_size=32)
+    eval_tf = ClassificationPresetEval.from_settings(EvalSettings.for_image_size(32))
+    subset = Subset(ImageFolderDataset(tmp_path / "train", classes, train_tf), [1, 4])
+    swapped = export.with_transform(subset, eval_tf)
+    assert swapped.indices == [1, 4] and swapped.dataset.transform is eval_tf
+    assert subset.dataset.transform is train_tf
+
+
+def test_without_openvino_the_artifact_keeps_the_torch_weights_only(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(export, "openvino_available", lambda calibration=False: False)
+    card = ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
+    assert export.export_serving_formats(tmp_path, create_model("resnet18", 2), card, [], []) is card
+    assert "openvino" in caplog.text and not list(tmp_path.iterdir())
+
+
+@pytest.mark.docker
+def test_the_image_exports_and_runs_the_int8_model(docker_image):
+    """The image's one venv holds OpenVINO and NNCF beside the training pins, and they work there."""
+    script = (
+        "import numpy, torch; from imgclf import export; from imgclf.model import create_model; "
+        "fp32 = export.to_openvino(create_model('resnet18', 3).eval(), 32); "
+        "int8 = export.quantize(fp32, [numpy.random.rand(4, 3, 32, 32).astype('float32')]); "
+        "print('int8 answers', export.compile_model(int8)(numpy.zeros((2, 3, 32, 32), 'float32'))[0].shape)"
+    )
+    proc = subprocess.run(["docker", "run", "--rm", docker_image, "sh", "-c", f"pip check && python -c \"{script}\""],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "No broken requirements found" in proc.stdout and "int8 answers (2, 3)" in proc.stdout
+
+
+def test_training_stores_the_formats_checked_on_its_validation_channel(tmp_path, image_folders):
+    from test_train import job_env
+
+    from imgclf.train import run
+
+    env = job_env(tmp_path, image_folders, epochs="1", **{"serving-formats": "true"})
+    assert run(env) == 0
+    card = load_card(env.model_dir)
+    assert set(card.formats) == {"openvino_fp32", "openvino_int8"}
+    valid_images = len(ImageFolderDataset(image_folders / "valid", card.classes))
+    assert all(f.agreement.images == valid_images for f in card.formats.values())
+    # calibrated on the training images (all of them: fewer than the 300 it takes at most)
+    assert card.formats["openvino_int8"].calibration_images == len(ImageFolderDataset(image_folders / "train", card.classes))

@@ -1,0 +1,113 @@
+import logging
+from dataclasses import replace
+from unittest import mock
+
+import pytest
+import torch
+from serve_support import make_artifact
+from test_export import exported  # noqa: F401  (the fixture: an artifact with its OpenVINO formats)
+
+from imgclf import export
+from imgclf.model import Agreement, load_card, write_card
+from imgclf.presets import ClassificationPresetEval
+from imgclf.serve import runtime
+from imgclf.serve.runtime import RunnerFactory, choose_runner, probe_batch
+
+pytestmark = pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")
+CPU = torch.device("cpu")
+
+
+def factory(model_dir, card=None):
+    return RunnerFactory(model_dir, card or load_card(model_dir), CPU, threads=1)
+
+
+def probe(card):
+    return probe_batch(4, card.eval.crop_size, ClassificationPresetEval.from_settings(card.eval))
+
+
+def with_int8_agreement(card, **numbers):
+    agreement = Agreement(**{"images": 200, "top1_agreement": 0.995, "accuracy": 0.9, "fp32_accuracy": 0.902, **numbers})
+    int8 = replace(card.formats["openvino_int8"], agreement=agreement)
+    return replace(card, formats={**card.formats, "openvino_int8": int8})
+
+
+def choose(model_dir, card, precision="auto", bf16=False):
+    with mock.patch.object(runtime, "bf16_supported", return_value=bf16):
+        return choose_runner(precision, factory(model_dir, card), probe(card), 0.99, 0.005)
+
+
+def test_auto_serves_int8_when_its_recorded_agreement_meets_the_threshold(exported, caplog):
+    model_dir, _, card, _ = exported
+    caplog.set_level(logging.INFO)
+    runner = choose(model_dir, with_int8_agreement(card), bf16=True)
+    assert runner.name == "openvino int8"
+    assert "top-1 agreement 99.50%" in caplog.text and "agreement >= 99.0%" in caplog.text
+
+
+@pytest.mark.parametrize("numbers", [{"top1_agreement": 0.98}, {"accuracy": 0.89}])
+def test_auto_falls_back_to_bf16_then_fp32_when_int8_misses_it(exported, caplog, numbers):
+    model_dir, _, card, _ = exported
+    caplog.set_level(logging.INFO)
+    card = with_int8_agreement(card, **numbers)
+    assert choose(model_dir, card, bf16=True).name == "openvino bf16"
+    assert "misses the threshold" in caplog.text and "largest probability gap" in caplog.text
+    assert choose(model_dir, card, bf16=False).name == "openvino fp32"
+    assert "no bfloat16 on this processor" in caplog.text
+
+
+def test_auto_keeps_fp32_when_bf16_changes_the_answers(exported):
+    model_dir, _, card, _ = exported
+    card = with_int8_agreement(card, top1_agreement=0.5)
+    with mock.patch.object(runtime, "MAX_PROBABILITY_GAP", 0.0):
+        assert choose(model_dir, card, bf16=True).name == "openvino fp32"
+
+
+def test_forced_precisions_use_the_stored_formats(exported):
+    model_dir, model, card, _ = exported
+    pixels = probe(card)
+    with torch.no_grad():
+        expected = model(pixels).softmax(1)
+    runners = {p: choose(model_dir, with_int8_agreement(card, top1_agreement=0.1), p) for p in ("fp32", "bf16", "int8")}
+    assert {p: r.name for p, r in runners.items()} == {"fp32": "openvino fp32", "bf16": "openvino bf16",
+                                                        "int8": "openvino int8"}
+    assert torch.allclose(runners["fp32"](pixels), expected, atol=1e-5)  # exact path: float32's answers
+    for r in runners.values():
+        probs = r(pixels)
+        assert probs.shape == expected.shape and torch.allclose(probs.sum(1), torch.ones(len(pixels)), atol=1e-5)
+
+
+def test_openvino_formats_load_without_the_pickled_weights(exported):
+    model_dir, _, card, _ = exported
+    with mock.patch.object(torch, "load", side_effect=AssertionError("torch.load called")):
+        for precision in ("fp32", "int8"):
+            choose(model_dir, card, precision)
+
+
+def test_artifact_without_openvino_formats_is_served_by_torch(tmp_path, caplog):
+    model_dir = make_artifact(tmp_path / "model")
+    card = load_card(model_dir)
+    assert choose(model_dir, card, bf16=False).name == "torch fp32 on cpu"
+    assert choose(model_dir, card, "bf16").name == "torch bf16 on cpu"
+    caplog.set_level(logging.WARNING)
+    int8 = choose(model_dir, card, "int8")  # quantized at start-up, with a warning
+    assert int8.name.startswith("openvino int8") and "unchecked" in caplog.text
+    assert int8(probe(card)).shape == (4, len(card.classes))
+
+
+def test_a_gpu_worker_stays_on_torch(exported):
+    model_dir, _, card, _ = exported
+    f = RunnerFactory(model_dir, with_int8_agreement(card), torch.device("cuda"), threads=1)
+    assert not f.use_openvino
+    with mock.patch.object(runtime, "bf16_supported", return_value=False), \
+            mock.patch.object(runtime, "TorchRunner") as torch_runner:
+        choose_runner("auto", f, probe(card), 0.99, 0.005)
+    assert torch_runner.call_args.kwargs == {"autocast": False}
+
+
+def test_written_card_round_trips_the_agreement(exported, tmp_path):
+    _, _, card, _ = exported
+    card = with_int8_agreement(card, accuracy=0.85)
+    write_card(tmp_path, card)
+    loaded = load_card(tmp_path).formats["openvino_int8"].agreement
+    assert loaded.accuracy_drop == pytest.approx(0.052)
+    assert not loaded.meets(0.99, 0.005) and loaded.meets(0.99, 0.06)
