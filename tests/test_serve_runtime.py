@@ -91,6 +91,7 @@ def test_artifact_without_openvino_formats_is_served_by_torch(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     int8 = choose(model_dir, card, "int8")  # quantized at start-up, with a warning
     assert int8.name.startswith("openvino int8") and "unchecked" in caplog.text
+    assert "on the 32 bundled sample photos" in caplog.text  # real photos, 8 of each sample class
     assert int8(probe(card)).shape == (4, len(card.classes))
 
 

@@ -15,7 +15,7 @@ A `Runner` takes a batch of transformed pixels and returns class probabilities. 
   has it and a probe batch gives the same answers as float32, else float32. It logs its choice
   with the numbers it used.
 - `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
-  start-up on probe images (slower start, agreement unchecked: for measurement).
+  start-up on the bundled sample photos (slower start, agreement unchecked: for measurement).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import export
 from ..model import ModelCard, create_model
-from ..presets import ClassificationPresetEval
+from ..presets import ClassificationPresetEval, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ PROBE_IMAGES = 4
 # autocast and 0.08 in OpenVINO's bf16 mode. On the smooth probe images they move less: refuse
 # bf16 when they move more than this, or when a top-1 that float32 is sure of changes.
 MAX_PROBABILITY_GAP = 0.05
-# int8 calibration at start-up, for an artifact that has no stored int8 IR
-STARTUP_CALIBRATION_IMAGES = 32
+# int8 calibration at start-up, for an artifact that has no stored int8 IR: the photos of the
+# bundled sample (local_test/, Fashion-MNIST, MIT licence), 8 of each of its 4 classes
+CALIBRATION_PHOTOS = Path(__file__).parent / "calibration"
 
 
 class Runner(Protocol):
@@ -101,6 +102,15 @@ def probe_batch(n: int, size: int, transform: ClassificationPresetEval) -> torch
     return torch.stack([transform(img) for img in images])
 
 
+def calibration_photos(transform: ClassificationPresetEval) -> torch.Tensor:
+    """The bundled sample photos, decoded as requests are and through the artifact's transform."""
+    pixels = []
+    for path in sorted(CALIBRATION_PHOTOS.glob("*.jpg")):
+        with Image.open(path) as img:
+            pixels.append(transform(load_rgb(img, transform.decode_min_side)))
+    return torch.stack(pixels)
+
+
 def same_answers(fp32: torch.Tensor, other: torch.Tensor) -> tuple[bool, float]:
     """(agrees, largest probability gap): every top-1 that float32 is sure of is kept and no
     probability moves by more than MAX_PROBABILITY_GAP."""
@@ -143,14 +153,13 @@ class RunnerFactory:
                                "model): pip install 'imgclf[openvino]'")
         if INT8 in self.card.formats:
             return self._openvino(INT8, "f32", "openvino int8")
-        log.warning("the artifact has no int8 model: quantizing at start-up on %d probe images; its agreement with "
-                    "float32 is unchecked (train with the openvino extra installed to calibrate on training images)",
-                    STARTUP_CALIBRATION_IMAGES)
         fp32 = (export.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
                 else export.to_openvino(self.torch_model(), self.card.eval.crop_size))
-        transform = ClassificationPresetEval.from_settings(self.card.eval)
-        probe = probe_batch(STARTUP_CALIBRATION_IMAGES, self.card.eval.crop_size, transform)
-        int8 = export.quantize(fp32, [b.numpy() for b in probe.split(8)])
+        photos = calibration_photos(ClassificationPresetEval.from_settings(self.card.eval))
+        log.warning("the artifact has no int8 model: quantizing at start-up on the %d bundled sample photos; its "
+                    "agreement with float32 is unchecked (train with the openvino extra installed to calibrate on "
+                    "training images)", len(photos))
+        int8 = export.quantize(fp32, [b.numpy() for b in photos.split(8)])
         return OpenVinoRunner(export.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
 
     def _openvino(self, name: str, hint: str, label: str) -> OpenVinoRunner:
