@@ -42,6 +42,7 @@ def server(tmp_path_factory):
 
 
 def post(server, body, content_type, path="/invocations", **headers):
+    """POST with this Content-Type (None: without one)."""
     return requests.post(server.url + path, data=body, headers={"Content-Type": content_type, **headers}, timeout=120)
 
 
@@ -64,6 +65,10 @@ BAD_INPUTS = {
     "payload over the limit": (b"\xff" * (1024 * 1024 + 1), "image/jpeg", 413, "over the limit"),
     "bad JSON": (b'{"image": ', "application/json", 400, "bad JSON"),
     "wrong npy shape": (npy(np.zeros((4, 4, 4, 4, 3), np.uint8)), "application/x-npy", 400, "shape"),
+    "no content type, not an image": (b"plain words", None, 415, "Content-Type"),
+    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nested too deeply"),
+    "instances that are not base64": (b'{"instances": [12]}', "application/json", 400, "base64"),
+    "npy of float32": (npy(np.zeros((8, 8, 3), np.float32)), "application/x-npy", 400, "uint8"),
 }
 
 
@@ -83,6 +88,20 @@ def test_bad_input_gets_a_4xx_with_a_json_reason_and_the_next_request_succeeds(s
     assert r.status_code == status, r.text
     assert r.json()["error"] and words in r.json()["message"] and "Traceback" not in r.text
     assert post(server, jpeg(), "image/jpeg").status_code == 200
+
+
+def test_accept_without_json_is_406(server):
+    r = post(server, jpeg(), "image/jpeg", Accept="text/csv")
+    assert r.status_code == 406 and "application/json" in r.json()["message"]
+    assert post(server, jpeg(), "image/jpeg", Accept="text/csv, application/json;q=0.5").status_code == 200
+
+
+def test_untyped_images_and_sagemaker_instances_are_served(server):
+    r = post(server, jpeg(), None)  # no Content-Type: the JPEG's own bytes say what it is
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    one = base64.b64encode(jpeg()).decode()
+    r = post(server, json.dumps({"instances": [one, {"b64": one}]}), "application/json")
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
 def test_several_images_in_one_request_and_top_k(server):

@@ -42,6 +42,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 HEALTHY = ("Healthy", "Partial Healthy")
 PRODUCES = "application/json"
 ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
+ERROR_STATUSES = {s.value for s in HTTPStatus if s >= 400}
 DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
 
 
@@ -189,6 +190,9 @@ class Front:
             async with self.session.request(method, self.upstream + path, headers=headers,
                                             data=body if method in ("POST", "PUT") else None) as resp:
                 payload = await resp.read()
+                if resp.status in ERROR_STATUSES and (reason := model_server_error(payload)):
+                    log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
+                    return json_error(HTTPStatus(resp.status), reason)
                 out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
                 return web.Response(status=resp.status, reason=resp.reason, headers=out, body=payload)
         except asyncio.TimeoutError:
@@ -209,6 +213,18 @@ class Front:
         if status == 200 and state in HEALTHY:
             return HTTPStatus.OK, "Healthy"
         return HTTPStatus.SERVICE_UNAVAILABLE, f"model server says {state or status}: workers not running"
+
+
+def model_server_error(payload: bytes) -> str | None:
+    """The message of an error that MMS itself wrote ({"code", "type", "message"}, e.g. "Worker
+    died."), to answer in our shape; None for the handler's own JSON errors and anything else."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(doc, dict) and {"code", "type", "message"} <= doc.keys() and "error" not in doc:
+        return f"model server: {doc['message']} ({doc['type']})"
+    return None
 
 
 def is_invocation(request: web.BaseRequest) -> bool:
