@@ -6,6 +6,7 @@ code runs on a laptop: `SM_CHANNEL_TRAINING=./images SM_MODEL_DIR=./model imgclf
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -110,13 +111,31 @@ def hyperparameters_to_argv(hyperparameters: Mapping[str, str], known: set[str])
     return [a for k, v in sorted(hyperparameters.items()) for a in (f"--{k}", v)]
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+WRITABLE_HINT = "the model, output and checkpoint folders must be writable by the job"
+DISK_HINT = "give the job more storage (the estimator's volume_size) or free the disk"
+# what torch.save(obj, path) raises instead of an OSError
+TORCH_SHORT_WRITE = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
+TORCH_CANNOT_OPEN = ("cannot be opened",)
+
+
 def failure_reason(exc: BaseException) -> str:
     """One line for the failure file and DescribeTrainingJob's FailureReason."""
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
     if isinstance(exc, UserError):
         return f"ClientError: {exc}"
     if _is_out_of_memory(exc):
-        return f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}; lower batch-size"
-    return f"AlgorithmError: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        return f"OutOfMemoryError: {first_line or 'out of memory'}; lower batch-size"
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return f"DiskFullError: no space left writing {exc.filename or 'a file'} ({exc.strerror}); {DISK_HINT}"
+    if isinstance(exc, OSError) and exc.errno in NOT_WRITABLE:
+        return f"PermissionError: cannot write {exc.filename or 'a file'} ({exc.strerror}); {WRITABLE_HINT}"
+    if isinstance(exc, RuntimeError) and any(s in first_line for s in TORCH_SHORT_WRITE):
+        return f"DiskFullError: a file was cut short while written ({first_line}); {DISK_HINT}"
+    if isinstance(exc, RuntimeError) and any(s in first_line for s in TORCH_CANNOT_OPEN):
+        return f"PermissionError: {first_line}; {WRITABLE_HINT}"
+    return f"AlgorithmError: {type(exc).__name__}: {first_line}".rstrip(": ")
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
