@@ -100,6 +100,13 @@ def test_npy_headers(shape, dtype, extra):
     assert_decodes_or_refuses(header.getvalue() + b"\x7f" * max(0, size + extra), "application/x-npy")
 
 
+@FUZZ
+@given(header=st.binary(max_size=64), version=st.sampled_from([b"\x01\x00", b"\x02\x00", b"\x03\x00", b"\x00\x07"]))
+def test_npy_header_bytes(header, version):
+    length = len(header).to_bytes(2 if version != b"\x02\x00" else 4, "little")
+    assert_decodes_or_refuses(b"\x93NUMPY" + version + length + header + b"\x01" * 16, "application/x-npy")
+
+
 @pytest.mark.parametrize("seed", range(len(SEEDS)))
 def test_each_seed_decodes(seed):
     """The mutations start from files that decode, so a refusal above comes from the mutation."""

@@ -24,7 +24,7 @@ def test_mms_config_keeps_the_model_server_private_and_batched(tmp_path):
                              response_timeout_s=90, max_payload_bytes=2 * 1024 * 1024)
     props = dict(line.split("=", 1) for line in mms_config(env, 23456).splitlines())
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:23456"
-    assert props["default_service_handler"] == "imgclf.serve.handler_service"
+    assert props["default_service_handler"] == "imgclf.serve.mms_entry:handle"
     assert props["default_workers_per_model"] == "3" and props["default_response_timeout"] == "90"
     assert int(props["max_request_size"]) > env.max_payload_bytes  # the front enforces the limit with a JSON reason
     assert register_defaults(env) == {"batch_size": 4, "max_batch_delay": 7, "initial_workers": 3, "response_timeout": 90}

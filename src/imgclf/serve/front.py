@@ -39,6 +39,9 @@ MODEL_NAME = "model"  # the single model's name inside MMS
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "content-length", "host"}
+# aiohttp decompresses a request body sent with Content-Encoding (the payload limit counts the
+# decompressed bytes, so a gzip bomb stops at the limit); the model server gets it plain
+REQUEST_ONLY = {"content-encoding"}
 HEALTHY = ("Healthy", "Partial Healthy")
 PRODUCES = "application/json"
 ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
@@ -126,7 +129,8 @@ class Front:
             if (request.content_length or DISCARD_LIMIT + 1) > DISCARD_LIMIT:
                 resp.force_close()  # else aiohttp reads and drops the rest, and the connection stays open
             return resp
-        path, headers = request.path_qs, {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        path = request.path_qs
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | REQUEST_ONLY}
         if is_invocation(request):
             refusal = self.check_invocation(request, body, headers)
             if refusal is not None:
@@ -141,7 +145,8 @@ class Front:
                 path, body = with_register_defaults(request.path, request.query_string, body, self.register_defaults)
             except ValueError as e:
                 return json_error(HTTPStatus.BAD_REQUEST, str(e))
-        return await self.forward(request.method, path, headers, body)
+        return await self.forward(request.method, path, headers, body,
+                                  answer_type=PRODUCES if is_invocation(request) else None)
 
     async def read_body(self, request: web.BaseRequest) -> bytes | None:
         """The request body, or None when it is over the limit (the rest is left unread)."""
@@ -184,8 +189,10 @@ class Front:
             return None
         return f"/models/{target.removesuffix('.tar.gz').strip('/')}/invoke"
 
-    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> web.Response:
-        """MMS's answer, headers and body together in one response."""
+    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                      answer_type: str | None = None) -> web.Response:
+        """MMS's answer, headers and body together in one response; `answer_type` is the
+        Content-Type of a model's answers (the worker sends them without one: mms_entry.py)."""
         try:
             async with self.session.request(method, self.upstream + path, headers=headers,
                                             data=body if method in ("POST", "PUT") else None) as resp:
@@ -194,6 +201,9 @@ class Front:
                     log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
                     return json_error(HTTPStatus(resp.status), reason)
                 out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+                if answer_type and "Content-Type" not in resp.headers:
+                    out["Content-Type"] = answer_type
+                    payload = payload.rstrip(b" ")  # the worker's padding (mms_entry.py)
                 return web.Response(status=resp.status, reason=resp.reason, headers=out, body=payload)
         except asyncio.TimeoutError:
             return json_error(HTTPStatus.GATEWAY_TIMEOUT, "model server did not answer in time")

@@ -44,7 +44,7 @@ from .privileges import ARCHIVE, DEFAULT_USER, SERVE_USER_ENV, drop_to, give, se
 
 log = logging.getLogger("imgclf.serve")
 
-HANDLER_SERVICE = "imgclf.serve.handler_service"
+HANDLER_SERVICE = "imgclf.serve.mms_entry:handle"  # handler_service.HandlerService, its answers padded (mms_entry.py)
 MMS_LOG_CONFIG = Path(sagemaker_inference.__file__).parent / "etc" / "log4j2.xml"
 # SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then the
 # model server STOP_GRACE_S to exit, then it is killed.
