@@ -90,7 +90,8 @@ def test_a_full_disk_keeps_the_earlier_checkpoints_and_names_the_cause(tmp_path)
     (tmp_path / "checkpoint.tmp").symlink_to("/dev/full")  # the next write lands on a full device
     with pytest.raises(OSError) as e:
         save(path, 2)
-    assert e.value.errno == errno.ENOSPC and failure_reason(e.value).startswith("DiskFullError")
+    assert e.value.errno == errno.ENOSPC
+    assert failure_reason(e.value).startswith(f"DiskFullError: writing {tmp_path / 'checkpoint.tmp'} (No space")
     assert restore(path)[0]["epoch"] == 1
 
 

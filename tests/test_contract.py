@@ -97,13 +97,19 @@ def test_failure_reasons_for_a_full_disk_and_an_unwritable_folder():
         with open("/dev/full", "wb") as f:  # a device that is always full
             f.write(b"x" * 65536)
             f.flush()
-    assert failure_reason(full.value).startswith("DiskFullError: no space left")
+    assert failure_reason(full.value).startswith("DiskFullError: writing a file (No space left on device)")
     assert "volume_size" in failure_reason(full.value)
     read_only = OSError(errno.EROFS, "Read-only file system", "/opt/ml/model/model.pt")
-    assert failure_reason(read_only) == ("PermissionError: cannot write /opt/ml/model/model.pt (Read-only file system); "
+    assert failure_reason(read_only) == ("PermissionError: writing /opt/ml/model/model.pt (Read-only file system); "
                                          "the model, output and checkpoint folders must be writable by the job")
     with pytest.raises(RuntimeError) as short:
         torch.save({"w": torch.zeros(1000)}, "/dev/full")  # torch's own writer: a RuntimeError, not OSError
-    assert failure_reason(short.value).startswith("DiskFullError: a file was cut short")
-    unwritable = RuntimeError("File /opt/ml/model/model.pt cannot be opened.")  # torch.save on a read-only folder
-    assert failure_reason(unwritable).startswith("PermissionError: File /opt/ml/model/model.pt cannot be opened.;")
+    assert failure_reason(short.value).startswith("DiskFullError: writing a file ([enforce fail")
+    for message, kind in [  # what torch.save said in the image on a read-only mount and on a full tmpfs
+        ("[enforce fail at inline_container.cc:747] . open file failed with strerror: Read-only file system",
+         "PermissionError"),
+        ("[enforce fail at inline_container.cc:672] . unexpected pos 950336 vs 950232", "DiskFullError"),
+        ("File /opt/ml/model/model.pt cannot be opened.", "PermissionError"),
+    ]:
+        assert failure_reason(RuntimeError(message)).startswith(f"{kind}: writing a file ({message});")
+    assert failure_reason(RuntimeError("shape mismatch")) == "AlgorithmError: RuntimeError: shape mismatch"

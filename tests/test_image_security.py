@@ -49,9 +49,9 @@ def test_serve_drops_root_after_reading_a_root_only_model(docker_image, tmp_path
     r = requests.post(url + "/invocations", data=jpeg(), headers={"Content-Type": "image/jpeg"}, timeout=60)
     assert r.status_code == 200 and r.json()["predictions"]
 
-    top = docker("top", container_name, "-eo", "user,pid,args").stdout.splitlines()[1:]
-    users = {line.split()[0] for line in top}
-    assert users == {"imgclf"}, "\n".join(top)  # the server, the JVM and the model workers
+    uid = docker("exec", container_name, "id", "-u", "imgclf").stdout.strip()
+    top = docker("top", container_name, "-eo", "uid,pid,args").stdout.splitlines()[1:]
+    assert uid != "0" and {line.split()[0] for line in top} == {uid}, "\n".join(top)  # server, JVM, workers
     assert any("model_service_worker" in line for line in top) and any("java" in line for line in top)
     logs = docker("logs", container_name).stdout
     assert "serving as imgclf" in logs
@@ -76,7 +76,7 @@ def test_no_index_or_credentials_left_in_the_image(docker_image):
 
 @pytest.mark.parametrize("mount, reason", [
     ("--tmpfs=/opt/ml/model:size=1m", "DiskFullError: "),
-    ("--tmpfs=/opt/ml/checkpoints:size=1m", "DiskFullError: no space left writing /opt/ml/checkpoints/"),
+    ("--tmpfs=/opt/ml/checkpoints:size=1m", "DiskFullError: writing /opt/ml/checkpoints/checkpoint.tmp (No space"),
     ("READ_ONLY_MODEL", "PermissionError: "),
 ], ids=["model-disk-full", "checkpoint-disk-full", "model-dir-read-only"])
 def test_a_job_that_cannot_write_says_why_in_the_failure_file(docker_image, tmp_path, mount, reason):

@@ -12,6 +12,7 @@ and the new one the latest, each by a rename. A file that fails its digest or `t
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -44,11 +45,16 @@ def sha256(path: Path) -> str:
 
 
 def write_synced(path: Path, write) -> None:
-    """`write(file)` into `path`, flushed to the disk before returning."""
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    """`write(file)` into `path`, flushed to the disk before returning; an OSError names `path`."""
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def save_checkpoint(path: Path, model, optimizer, scaler, state, card: ModelCard) -> None:
@@ -58,8 +64,10 @@ def save_checkpoint(path: Path, model, optimizer, scaler, state, card: ModelCard
     tmp = path.with_suffix(".tmp")
     doc = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
            "state": dict(vars(state)), "card": card.to_dict()}
+    buf = io.BytesIO()
+    torch.save(doc, buf)  # in memory first: writing it ourselves, a full disk is an OSError naming the file
     try:
-        write_synced(tmp, lambda f: torch.save(doc, f))  # a file object: a full disk raises OSError, not RuntimeError
+        write_synced(tmp, lambda f: f.write(buf.getbuffer()))
         write_synced(digest_file(tmp), lambda f: f.write(sha256(tmp).encode()))
     except BaseException:
         tmp.unlink(missing_ok=True)
