@@ -1,9 +1,12 @@
 """The front port with a small echo server standing in for multi-model-server: what the front
 answers by itself, and what it passes on (tests/test_serve_server.py runs it with the real MMS)."""
 import asyncio
+import io
 import json
 import socket
+import tarfile
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -108,22 +111,51 @@ def test_routes_and_passes_headers_and_body(front, echo):
     assert r.status_code == 200 and r.headers["X-Upstream"] == "yes"
     assert seen["path"] == "/predictions/model" and seen["body"] == "\xff\xd8\xffdata"
     assert seen["headers"]["X-Amzn-SageMaker-Custom-Attributes"] == "top_k=1"
-    assert requests.get(url + "/models?limit=2").json()["path"] == "/models?limit=2"  # management API unchanged
+    r = requests.get(url + "/models")  # a single-model endpoint has no management API
+    assert r.status_code == 404 and "POST /invocations" in r.json()["message"]
 
 
-def test_multi_model_routing_and_registration_defaults(front, echo):
+def test_multi_model_routing_and_registration(front, echo, tmp_path):
+    models = tmp_path / "models"
+    (models / "a" / "model").mkdir(parents=True)
     url, _ = front(echo, multi_model=True, register_defaults={"batch_size": 8, "max_batch_delay": 5},
-                   max_payload_bytes=100_000)
+                   models_dir=models, stage_dir=tmp_path / "stage", max_payload_bytes=100_000)
     r = requests.post(url + "/invocations", data=jpeg(), headers={"Content-Type": "image/jpeg",
                                                                  "X-Amzn-SageMaker-Target-Model": "dogs.tar.gz"})
     assert r.json()["path"] == "/models/dogs/invoke"
-    body = json.loads(requests.post(url + "/models", json={"model_name": "a", "url": "/m", "batch_size": 2}).json()["body"])
-    assert body == {"model_name": "a", "url": "/m", "batch_size": 2, "max_batch_delay": 5}
-    path = requests.post(url + "/models?model_name=a&url=/m").json()["path"]
+    assert requests.get(url + "/models?limit=2").json()["path"] == "/models?limit=2"  # management API unchanged
+    model = str(models / "a" / "model")
+    body = json.loads(requests.post(url + "/models", json={"model_name": "a", "url": model, "batch_size": 2}).json()["body"])
+    assert body == {"model_name": "a", "url": model, "batch_size": 2, "max_batch_delay": 5}
+    path = requests.post(url + f"/models?model_name=a&url={model}").json()["path"]
     assert "batch_size=8" in path and "max_batch_delay=5" in path and "model_name=a" in path
     for bad in (b"{not json", b"[" * 50_000, b"[1, 2]"):
         r = requests.post(url + "/models", data=bad)
         assert r.status_code == 400 and "POST /models" in r.json()["message"]
+    for elsewhere in ("https://example.com/evil.mar", "/etc", str(models / ".." / "x"), "relative/model"):
+        r = requests.post(url + "/models", json={"model_name": "a", "url": elsewhere})
+        assert r.status_code == 403 and "under" in r.json()["message"], elsewhere
+    r = requests.post(url + "/models", json={"model_name": "../../x", "url": model})
+    assert r.status_code == 400 and "model_name" in r.json()["message"]
+
+
+def test_multi_model_archives_are_extracted_safely(front, echo, tmp_path):
+    models = tmp_path / "models"
+    (models / "b").mkdir(parents=True)
+    url, _ = front(echo, multi_model=True, models_dir=models, stage_dir=tmp_path / "stage")
+    with tarfile.open(models / "b" / "model.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("model.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    sent = json.loads(requests.post(url + "/models", json={"model_name": "b", "url": str(models / "b")}).json()["body"])
+    staged = Path(sent["url"])
+    assert staged.parent == tmp_path / "stage" and (staged / "model.json").read_text() == "{}"
+    with tarfile.open(models / "b" / "model.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("link")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    r = requests.post(url + "/models", json={"model_name": "b", "url": str(models / "b" / "model.tar.gz")})
+    assert r.status_code == 400 and "link" in r.json()["message"]
 
 
 def test_a_body_without_content_type_is_sniffed_or_refused_with_415(front, echo):
@@ -184,17 +216,17 @@ def test_malformed_framing_gets_a_json_400(front, echo, name):
     status = int(head.split()[1])
     assert 400 <= status < 500, answer[:300]
     assert b"application/json" in head and json.loads(body)["error"], answer[:300]
-    assert requests.get(url + "/models").status_code == 200  # the front is still up
+    assert requests.get(url + "/ping").status_code == 503  # the front is still up
 
 
 def test_model_server_closing_the_connection_is_a_json_502(front, echo):
-    url, _ = front(echo)
+    url, _ = front(echo, multi_model=True)  # a path the front passes on as it is
     r = requests.post(url + "/drop", data=b"x", timeout=30)
     assert r.status_code == 502 and "closed the connection" in r.json()["message"]
 
 
 def test_stop_lets_the_request_in_flight_finish(front, echo, loop):
-    url, f = front(echo)
+    url, f = front(echo, multi_model=True)
     answers = []
     client = threading.Thread(target=lambda: answers.append(requests.post(url + "/slow", data=b"x", timeout=30)))
     client.start()

@@ -11,8 +11,9 @@ Routing:
     GET  /ping          200 {"status": "Healthy"} or 503 with the reason
     POST /invocations   single model: to the model; multi-model: to the model named by
                         X-Amzn-SageMaker-Target-Model (its ".tar.gz" dropped)
-    anything else       unchanged (the MMS management API: /models, /models/<name>/invoke, ...);
-                        POST /models gets the batching settings unless it sets them
+    multi-model only    the MMS management API (/models, /models/<name>/invoke, ...), with
+                        POST /models checked and completed first (registration.py)
+    anything else       404
 Refused here, each with {"error": ..., "message": ...}: malformed HTTP framing (400, by aiohttp's
 parser), a body over the payload limit (413), an invocation whose body has no usable content type
 and is not an image, JSON or .npy (415), or whose Accept excludes JSON (406).
@@ -25,12 +26,13 @@ import logging
 import socket
 import threading
 from http import HTTPStatus
-from urllib.parse import parse_qs, urlencode
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import registration
 from .decoder import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,14 @@ class Front:
     """The public port. `start` and `stop` run on an asyncio loop; `model_ready` is set from any thread."""
 
     def __init__(self, upstream_port: int, *, multi_model: bool, max_payload_bytes: int,
-                 register_defaults: dict[str, int] | None = None, upstream_timeout_s: float = 3600,
-                 stop_grace_s: float = 15):
+                 register_defaults: dict[str, int] | None = None, models_dir: Path | None = None,
+                 stage_dir: Path | None = None, upstream_timeout_s: float = 3600, stop_grace_s: float = 15):
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.multi_model = multi_model
         self.max_payload_bytes = max_payload_bytes
         self.register_defaults = register_defaults or {}  # added to POST /models that don't set them
+        self.models_dir = models_dir  # multi-model: where models may be loaded from
+        self.stage_dir = stage_dir  # ... and where their archives are extracted
         self.upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=upstream_timeout_s)
         self.stop_grace_s = stop_grace_s
         self.model_ready = threading.Event()  # single model registered with its workers (set by the server)
@@ -116,6 +120,9 @@ class Front:
             status, message = await self.health()
             return web.json_response({"status": "Healthy" if status == 200 else "Unhealthy", "message": message},
                                      status=status)
+        if not self.multi_model and request.path.rstrip("/") != "/invocations":
+            return json_error(HTTPStatus.NOT_FOUND, f"{request.method} {request.path}: this endpoint serves "
+                                                    "GET /ping and POST /invocations")
         try:
             body = await self.read_body(request)
         except HttpProcessingError as e:  # framing broken inside the body (a chunk size that is not hex)
@@ -140,11 +147,12 @@ class Front:
                 if path is None:
                     return json_error(HTTPStatus.BAD_REQUEST,
                                       f"multi-model endpoint: name the model in the {TARGET_MODEL} header")
-        elif request.method == "POST" and request.path.rstrip("/") == "/models" and self.register_defaults:
+        elif request.method == "POST" and request.path.rstrip("/") == "/models":
             try:
-                path, body = with_register_defaults(request.path, request.query_string, body, self.register_defaults)
-            except ValueError as e:
-                return json_error(HTTPStatus.BAD_REQUEST, str(e))
+                path, body = await asyncio.to_thread(registration.complete, request.path, request.query_string, body,
+                                                     self.register_defaults, self.models_dir, self.stage_dir)
+            except registration.RegistrationError as e:
+                return json_error(e.status, str(e))
         return await self.forward(request.method, path, headers, body,
                                   answer_type=PRODUCES if is_invocation(request) else None)
 
@@ -255,17 +263,3 @@ def accepts(accept: str) -> bool:
         if media.lower() in ACCEPTS_JSON and weight > 0:
             return True
     return False
-
-
-def with_register_defaults(path: str, query: str, body: bytes, defaults: dict[str, int]) -> tuple[str, bytes]:
-    """POST /models: batching and worker settings from the environment unless the call sets them."""
-    if body.strip():
-        try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError):
-            raise ValueError("POST /models: the body is not JSON") from None
-        if not isinstance(doc, dict):
-            raise ValueError("POST /models: the body must be a JSON object")
-        return path, json.dumps({**defaults, **doc}).encode()
-    params = {k: v[0] for k, v in parse_qs(query).items()}
-    return f"{path}?{urlencode({**defaults, **params})}", body

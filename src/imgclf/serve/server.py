@@ -205,6 +205,7 @@ async def serve(env: ServingEnvironment, host: str, model_dir: Path, run_dir: Pa
     mms_port = free_port()
     front = Front(mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
                   register_defaults=register_defaults(env) if env.multi_model else None,
+                  models_dir=env.models_dir if env.multi_model else None, stage_dir=run_dir / "models",
                   upstream_timeout_s=2 * env.response_timeout_s + 30, stop_grace_s=DRAIN_S)
     await front.start(host, env.port)
     server = ModelServer(env, run_dir, mms_port)
