@@ -11,9 +11,19 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from .model import CARD_FILE
+
+MODEL_ARCHIVE = "model.tar.gz"
+
 
 class UnsafeArchive(ValueError):
     """An archive with a member that would land outside the destination or is not a plain file."""
+
+
+def packed_model(folder: Path) -> Path | None:
+    """The model.tar.gz that a model folder holds in place of the extracted artifact, if it does."""
+    archive = folder / MODEL_ARCHIVE
+    return archive if archive.is_file() and not (folder / CARD_FILE).is_file() else None
 
 
 def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:

@@ -15,14 +15,12 @@ import pwd
 import shutil
 from pathlib import Path
 
-from ..archive import safe_extract
-from ..model import CARD_FILE
+from ..archive import packed_model, safe_extract
 
 log = logging.getLogger(__name__)
 
 SERVE_USER_ENV = "IMGCLF_SERVE_USER"
 DEFAULT_USER = "imgclf"
-ARCHIVE = "model.tar.gz"
 
 
 def serving_user(name: str | None) -> pwd.struct_passwd | None:
@@ -43,9 +41,10 @@ def serving_user(name: str | None) -> pwd.struct_passwd | None:
 def stage_model(model_dir: Path, dest: Path) -> Path:
     """A copy of the artifact in `dest`: its plain files (links and special files are left out),
     or the contents of its model.tar.gz when it holds only that."""
-    if not (model_dir / CARD_FILE).is_file() and (model_dir / ARCHIVE).is_file():
-        log.info("extracting %s", model_dir / ARCHIVE)
-        return safe_extract(model_dir / ARCHIVE, dest)
+    archive = packed_model(model_dir)
+    if archive is not None:
+        log.info("extracting %s", archive)
+        return safe_extract(archive, dest)
     for path in sorted(model_dir.rglob("*")):
         target = dest / path.relative_to(model_dir)
         if path.is_symlink() or not (path.is_file() or path.is_dir()):

@@ -16,10 +16,7 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from ..archive import UnsafeArchive, safe_extract
-from ..model import CARD_FILE
-
-ARCHIVE = "model.tar.gz"
+from ..archive import UnsafeArchive, packed_model, safe_extract
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -59,11 +56,8 @@ def local_model(url: str, name: str, models_dir: Path, stage_dir: Path | None) -
     resolved = target.resolve()
     if not target.is_absolute() or root not in resolved.parents:
         raise RegistrationError(HTTPStatus.FORBIDDEN, f"POST /models: the url must be a folder under {models_dir}")
-    if resolved.is_file() and resolved.name.endswith(".tar.gz"):
-        archive = resolved
-    elif (resolved / ARCHIVE).is_file() and not (resolved / CARD_FILE).is_file():
-        archive = resolved / ARCHIVE
-    else:
+    archive = resolved if resolved.is_file() and resolved.name.endswith(".tar.gz") else packed_model(resolved)
+    if archive is None:
         return str(resolved)
     if stage_dir is None:
         raise RegistrationError(HTTPStatus.BAD_REQUEST, "POST /models: archives are not accepted here")

@@ -36,11 +36,11 @@ from urllib.parse import urlencode
 import sagemaker_inference
 from sagemaker_inference import parameters as sm
 
-from ..archive import UnsafeArchive
+from ..archive import UnsafeArchive, packed_model
 from . import environment as E
 from .environment import ServingEnvironment
 from .front import MODEL_NAME, Front
-from .privileges import ARCHIVE, DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
+from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
 
 log = logging.getLogger("imgclf.serve")
 
@@ -232,8 +232,7 @@ def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         log.error("multi-model-server needs a Java runtime (java not found on PATH)")
         return 1
-    if not env.multi_model and not ((env.model_dir / "model.json").is_file()
-                                    or (env.model_dir / ARCHIVE).is_file()):
+    if not env.multi_model and not ((env.model_dir / "model.json").is_file() or packed_model(env.model_dir)):
         log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
         return 1
     run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
