@@ -68,20 +68,25 @@ def bad_requests() -> list[tuple[bytes, dict, int]]:
     ]
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in the process and all its descendants."""
+def tree_rss(pid: int) -> dict[str, int]:
+    """Bytes resident in the process and its descendants, by role: front, mms (the JVM and its
+    launcher), workers."""
     root = psutil.Process(pid)
-    total = 0
+    rss = {"front": 0, "mms": 0, "workers": 0}
     for p in [root, *root.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            cmd = " ".join(p.cmdline())
+            role = "front" if p.pid == pid else "workers" if "model_service_worker" in cmd else "mms"
+            rss[role] += p.memory_info().rss
         except psutil.NoSuchProcess:
             pass
-    return total
+    return rss
 
 
 def start_server(model_dir: Path, port: int, workers: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGEMAKER_", "IMGCLF_", "SM_"))}
+    if os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS"):
+        env["SAGEMAKER_MODEL_SERVER_VMARGS"] = os.environ["SAGEMAKER_MODEL_SERVER_VMARGS"]
     env["IMGCLF_PRECISION"] = "fp32"
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "imgclf.serve.server", "--host", "127.0.0.1", "--port",
@@ -177,7 +182,7 @@ def main() -> int:
     proc = start_server(model_dir, port, args.workers, tmp / "serve.log")
     try:
         wait_healthy(url, proc)
-        soak(url, args.warmup, min(args.concurrency, 4), 120, 0.0)
+        soak(url, args.warmup, args.concurrency, 300, args.bad_share)  # the same load: pools and JIT settle
         rss_start = tree_rss(proc.pid)
         result = soak(url, args.requests, args.concurrency, args.max_seconds, args.bad_share)
         rss_end = tree_rss(proc.pid)
@@ -188,8 +193,11 @@ def main() -> int:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    result.update(concurrency=args.concurrency, memory_start_mb=round(rss_start / 2**20, 1),
-                  memory_end_mb=round(rss_end / 2**20, 1), memory_growth=round(rss_end / rss_start - 1, 4),
+    start, end = sum(rss_start.values()), sum(rss_end.values())
+    result.update(concurrency=args.concurrency, memory_start_mb=round(start / 2**20, 1),
+                  memory_end_mb=round(end / 2**20, 1), memory_growth=round(end / start - 1, 4),
+                  memory_by_role_mb={role: [round(rss_start[role] / 2**20), round(rss_end[role] / 2**20)]
+                                     for role in rss_start},
                   worker_crashes=worker_restarts)
     if args.json:
         print(json.dumps(result))

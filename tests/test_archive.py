@@ -51,3 +51,9 @@ def test_not_an_archive(tmp_path):
     (tmp_path / "model.tar.gz").write_bytes(b"not a tar")
     with pytest.raises(UnsafeArchive, match="not a readable tar"):
         safe_extract(tmp_path / "model.tar.gz", tmp_path / "out")
+
+
+def test_the_artifact_marker_is_the_model_card():
+    from imgclf import archive, model
+
+    assert archive.CARD_FILE == model.CARD_FILE

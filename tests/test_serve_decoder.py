@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 from serve_support import encode, jpeg
 
-from imgclf.serve.decoder import DECODERS, content_type_of, decode, sniff
+from imgclf.serve.decoder import DECODERS, content_type_of, decode
+from imgclf.serve.sniffing import sniff
 from imgclf.serve.errors import BadRequest, PayloadTooLarge, UnsupportedContentType
 
 

@@ -238,3 +238,12 @@ def test_stop_lets_the_request_in_flight_finish(front, echo, loop):
     assert answers and answers[0].status_code == 200
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/ping", timeout=5)
+
+
+def test_the_server_process_does_not_load_torch():
+    """The front and the server that starts MMS stay small: torch lives in the model workers."""
+    import subprocess
+    import sys
+
+    code = "import sys, imgclf.serve.server; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -27,6 +27,9 @@ def test_mms_config_keeps_the_model_server_private_and_batched(tmp_path):
     assert props["default_service_handler"] == "imgclf.serve.mms_entry:handle"
     assert props["default_workers_per_model"] == "3" and props["default_response_timeout"] == "90"
     assert int(props["max_request_size"]) > env.max_payload_bytes  # the front enforces the limit with a JSON reason
+    assert "-Xmx512m" in props["vmargs"] and "-XX:-UseContainerSupport" in props["vmargs"]
+    own = ServingEnvironment(model_dir=tmp_path, models_dir=tmp_path, vmargs="-Xmx2g")
+    assert dict(line.split("=", 1) for line in mms_config(own, 1).splitlines())["vmargs"] == "-Xmx2g"
     assert register_defaults(env) == {"batch_size": 4, "max_batch_delay": 7, "initial_workers": 3, "response_timeout": 90}
 
 

@@ -31,39 +31,17 @@ from PIL import Image, UnidentifiedImageError
 
 from ..presets import load_rgb, to_rgb
 from .errors import BadRequest, PayloadTooLarge, UnsupportedContentType
+from .sniffing import UNTYPED, sniff
 
 NPY_CHANNELS = (1, 3, 4)
 MAX_IMAGES = 64  # per request: each becomes a 3 x crop x crop float tensor in the worker
-UNTYPED = ("", "application/octet-stream", "application/x-www-form-urlencoded")
-MAGIC = (  # leading bytes -> the content type whose decoder reads them
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"GIF87a", "application/x-image"),
-    (b"GIF89a", "application/x-image"),
-    (b"BM", "application/x-image"),
-    (b"II*\x00", "application/x-image"),
-    (b"MM\x00*", "application/x-image"),
-    (b"\x93NUMPY", "application/x-npy"),
-)
+
 
 
 @dataclass
 class Decoded:
     images: list[Image.Image] = field(default_factory=list)
     top_k: int | None = None  # asked for in the body (JSON only)
-
-
-def sniff(body: bytes) -> str | None:
-    """The content type that the body's first bytes show, or None."""
-    head = bytes(body[:16])
-    for magic, mime in MAGIC:
-        if head.startswith(magic):
-            return mime
-    if head[:4] == b"RIFF" and body[8:12] == b"WEBP":
-        return "application/x-image"
-    if head.lstrip()[:1] in (b"{", b"[", b'"'):
-        return "application/json"
-    return None
 
 
 def decode_image(body: bytes, min_side: int) -> Decoded:

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import registration
-from .decoder import UNTYPED, sniff
+from .sniffing import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
 

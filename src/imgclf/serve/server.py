@@ -46,6 +46,10 @@ log = logging.getLogger("imgclf.serve")
 
 HANDLER_SERVICE = "imgclf.serve.mms_entry:handle"  # handler_service.HandlerService, its answers padded (mms_entry.py)
 MMS_LOG_CONFIG = Path(sagemaker_inference.__file__).parent / "etc" / "log4j2.xml"
+# A fixed heap, touched at start: the JVM's memory is bounded and flat while it serves (a default
+# heap grows for minutes under load, up to a quarter of the host's memory, which a soak cannot
+# tell from a leak). SAGEMAKER_MODEL_SERVER_VMARGS with its own -Xmx replaces it.
+JVM_HEAP = "-Xms512m -Xmx512m -XX:+AlwaysPreTouch"
 # SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then the
 # model server STOP_GRACE_S to exit, then it is killed.
 DRAIN_S = 15
@@ -68,7 +72,7 @@ def mms_config(env: ServingEnvironment, port: int) -> str:
         "max_request_size": env.max_payload_bytes + 1024 * 1024,
         "max_response_size": 64 * 1024 * 1024,
         "job_queue_size": 1000,
-        "vmargs": env.vmargs,
+        "vmargs": env.vmargs if "-Xmx" in env.vmargs else f"{env.vmargs} {JVM_HEAP}",
         "enable_envvars_config": "false",
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
