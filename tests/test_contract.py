@@ -1,3 +1,4 @@
+import errno
 import json
 
 import pytest
@@ -87,3 +88,28 @@ def test_run_job_writes_failure_file_and_exit_code(tmp_path):
     assert failure.read_text() == "ClientError: only one class (a)\n"
     assert run_job(lambda: 0, tmp_path / "ok") == 0
     assert not (tmp_path / "ok").exists()
+
+
+def test_failure_reasons_for_a_full_disk_and_an_unwritable_folder():
+    import torch
+
+    with pytest.raises(OSError) as full:
+        with open("/dev/full", "wb") as f:  # a device that is always full
+            f.write(b"x" * 65536)
+            f.flush()
+    assert failure_reason(full.value).startswith("DiskFullError: writing a file (No space left on device)")
+    assert "volume_size" in failure_reason(full.value)
+    read_only = OSError(errno.EROFS, "Read-only file system", "/opt/ml/model/model.pt")
+    assert failure_reason(read_only) == ("PermissionError: writing /opt/ml/model/model.pt (Read-only file system); "
+                                         "the model, output and checkpoint folders must be writable by the job")
+    with pytest.raises(RuntimeError) as short:
+        torch.save({"w": torch.zeros(1000)}, "/dev/full")  # torch's own writer: a RuntimeError, not OSError
+    assert failure_reason(short.value).startswith("DiskFullError: writing a file ([enforce fail")
+    for message, kind in [  # what torch.save said in the image on a read-only mount and on a full tmpfs
+        ("[enforce fail at inline_container.cc:747] . open file failed with strerror: Read-only file system",
+         "PermissionError"),
+        ("[enforce fail at inline_container.cc:672] . unexpected pos 950336 vs 950232", "DiskFullError"),
+        ("File /opt/ml/model/model.pt cannot be opened.", "PermissionError"),
+    ]:
+        assert failure_reason(RuntimeError(message)).startswith(f"{kind}: writing a file ({message});")
+    assert failure_reason(RuntimeError("shape mismatch")) == "AlgorithmError: RuntimeError: shape mismatch"

@@ -7,12 +7,20 @@ import pytest
 from PIL import Image
 from serve_support import encode, jpeg
 
-from imgclf.serve.decoder import DECODERS, decode
+from imgclf.serve.decoder import DECODERS, content_type_of, decode
+from imgclf.serve.sniffing import sniff
 from imgclf.serve.errors import BadRequest, PayloadTooLarge, UnsupportedContentType
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def npy_header(shape, dtype="|u1") -> bytes:
+    """A .npy header that claims `shape`, followed by a few bytes: what np.load would allocate for."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 16
 
 
 def npy(array) -> bytes:
@@ -71,7 +79,8 @@ def test_npy_pixels(shape, count):
 
 @pytest.mark.parametrize("body, content_type, error, words", [
     (jpeg(), "text/csv", UnsupportedContentType, "not supported"),
-    (jpeg(), None, UnsupportedContentType, "not supported"),
+    (b"plain words", None, UnsupportedContentType, "no content type"),
+    (b"plain words", "application/octet-stream", UnsupportedContentType, "not a known image"),
     (b"", "image/jpeg", BadRequest, "empty"),
     (b"this is not an image", "image/jpeg", BadRequest, "not an image"),
     (jpeg(size=(200, 200))[:400], "image/jpeg", BadRequest, "truncated"),
@@ -85,8 +94,19 @@ def test_npy_pixels(shape, count):
     (npy(np.zeros((8, 8, 3), np.float32)), "application/x-npy", BadRequest, "uint8"),
     (npy(np.array([{"a": 1}], dtype=object)), "application/x-npy", BadRequest, "pickle"),
     (b"\x93NUMPY garbage", "application/x-npy", BadRequest, "npy"),
-], ids=["unknown-type", "no-type", "empty", "corrupt", "truncated", "bad-json", "json-no-image", "bad-base64",
-        "json-empty-list", "bad-top-k", "npy-5d", "npy-2-channels", "npy-float", "npy-pickle", "npy-corrupt"])
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", BadRequest, "nested too deeply"),
+    (json.dumps({"instances": [{"b64": 3}]}).encode(), "application/json", BadRequest, "image 0: expected a base64"),
+    (npy(np.zeros((4, 4, 3), np.uint8))[:-5], "application/x-npy", BadRequest, "the body has 43"),
+    (npy_header((10**6, 10**6, 3)), "application/x-npy", PayloadTooLarge, "over the limit"),
+    (npy_header((10**5, 8, 8, 3)), "application/x-npy", PayloadTooLarge, "the limit is 64"),
+    (npy(np.zeros((8, 8), np.int64)), "application/x-npy", BadRequest, "uint8"),
+    (npy(np.zeros((8, 8), ">u2")), "application/x-npy", BadRequest, "uint8"),
+    (npy(np.zeros((8, 8), [("r", "u1"), ("g", "u1")])), "application/x-npy", BadRequest, "uint8"),
+    (json.dumps([b64(jpeg())] * 65).encode(), "application/json", PayloadTooLarge, "65 images"),
+], ids=["unknown-type", "no-type", "octet-stream-garbage", "empty", "corrupt", "truncated", "bad-json", "json-no-image", "bad-base64",
+        "json-empty-list", "bad-top-k", "npy-5d", "npy-2-channels", "npy-float", "npy-pickle", "npy-corrupt",
+        "deep-json", "instances-not-base64", "npy-short-data", "npy-huge-header", "npy-many-images", "npy-int64",
+        "npy-uint16", "npy-structured", "too-many-images"])
 def test_bad_input_is_a_client_error_with_a_reason(body, content_type, error, words):
     with pytest.raises(error) as e:
         decode(body, content_type, 16)
@@ -103,6 +123,39 @@ def test_decompression_bombs_are_refused(monkeypatch):
             decode(body, "application/json" if body.startswith(b"[") else "image/png", 16)
     with pytest.raises(PayloadTooLarge):
         decode(npy(np.zeros((200, 200), np.uint8)), "application/x-npy", 16)
+
+
+def test_sagemaker_instances_and_b64_objects():
+    one = b64(jpeg())
+    d = decode(json.dumps({"instances": [one, {"b64": one}]}).encode(), "application/json", 16)
+    assert len(d.images) == 2
+    d = decode(json.dumps({"instances": [{"b64": one}], "top_k": 1}).encode(), "application/json; charset=utf-8", 16)
+    assert len(d.images) == 1 and d.top_k == 1
+
+
+@pytest.mark.parametrize("body, mime", [
+    (jpeg(), "image/jpeg"),
+    (encode(Image.new("RGB", (8, 8)), "PNG"), "image/png"),
+    (encode(Image.new("RGB", (8, 8)), "GIF"), "application/x-image"),
+    (encode(Image.new("RGB", (8, 8)), "BMP"), "application/x-image"),
+    (encode(Image.new("RGB", (8, 8)), "TIFF"), "application/x-image"),
+    (encode(Image.new("RGB", (8, 8)), "WEBP"), "application/x-image"),
+    (npy(np.zeros((8, 8), np.uint8)), "application/x-npy"),
+    (b'  {"image": "abc"}', "application/json"),
+])
+def test_a_body_without_content_type_is_typed_by_its_first_bytes(body, mime):
+    assert sniff(body) == mime
+    for untyped in (None, "", "application/octet-stream", "application/x-www-form-urlencoded"):
+        assert content_type_of(body, untyped) == mime
+    assert content_type_of(body, "image/png") == "image/png"  # a content type that names a decoder wins
+
+
+def test_decoded_images_of_one_request_share_the_pixel_budget(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    one = b64(encode(Image.new("L", (90, 90)), "PNG"))  # 8,100 pixels: alone it passes
+    assert len(decode(json.dumps([one]).encode(), "application/json", 16).images) == 1
+    with pytest.raises(PayloadTooLarge, match="image 1: .*shared by the images"):
+        decode(json.dumps([one, one]).encode(), "application/json", 16)
 
 
 def test_every_documented_content_type_has_a_decoder():

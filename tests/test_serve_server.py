@@ -24,9 +24,12 @@ def test_mms_config_keeps_the_model_server_private_and_batched(tmp_path):
                              response_timeout_s=90, max_payload_bytes=2 * 1024 * 1024)
     props = dict(line.split("=", 1) for line in mms_config(env, 23456).splitlines())
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:23456"
-    assert props["default_service_handler"] == "imgclf.serve.handler_service"
+    assert props["default_service_handler"] == "imgclf.serve.mms_entry:handle"
     assert props["default_workers_per_model"] == "3" and props["default_response_timeout"] == "90"
     assert int(props["max_request_size"]) > env.max_payload_bytes  # the front enforces the limit with a JSON reason
+    assert "-Xmx512m" in props["vmargs"] and "-XX:-UseContainerSupport" in props["vmargs"]
+    own = ServingEnvironment(model_dir=tmp_path, models_dir=tmp_path, vmargs="-Xmx2g")
+    assert dict(line.split("=", 1) for line in mms_config(own, 1).splitlines())["vmargs"] == "-Xmx2g"
     assert register_defaults(env) == {"batch_size": 4, "max_batch_delay": 7, "initial_workers": 3, "response_timeout": 90}
 
 
@@ -42,6 +45,7 @@ def server(tmp_path_factory):
 
 
 def post(server, body, content_type, path="/invocations", **headers):
+    """POST with this Content-Type (None: without one)."""
     return requests.post(server.url + path, data=body, headers={"Content-Type": content_type, **headers}, timeout=120)
 
 
@@ -64,6 +68,10 @@ BAD_INPUTS = {
     "payload over the limit": (b"\xff" * (1024 * 1024 + 1), "image/jpeg", 413, "over the limit"),
     "bad JSON": (b'{"image": ', "application/json", 400, "bad JSON"),
     "wrong npy shape": (npy(np.zeros((4, 4, 4, 4, 3), np.uint8)), "application/x-npy", 400, "shape"),
+    "no content type, not an image": (b"plain words", None, 415, "Content-Type"),
+    "deeply nested JSON": (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nested too deeply"),
+    "instances that are not base64": (b'{"instances": [12]}', "application/json", 400, "base64"),
+    "npy of float32": (npy(np.zeros((8, 8, 3), np.float32)), "application/x-npy", 400, "uint8"),
 }
 
 
@@ -83,6 +91,20 @@ def test_bad_input_gets_a_4xx_with_a_json_reason_and_the_next_request_succeeds(s
     assert r.status_code == status, r.text
     assert r.json()["error"] and words in r.json()["message"] and "Traceback" not in r.text
     assert post(server, jpeg(), "image/jpeg").status_code == 200
+
+
+def test_accept_without_json_is_406(server):
+    r = post(server, jpeg(), "image/jpeg", Accept="text/csv")
+    assert r.status_code == 406 and "application/json" in r.json()["message"]
+    assert post(server, jpeg(), "image/jpeg", Accept="text/csv, application/json;q=0.5").status_code == 200
+
+
+def test_untyped_images_and_sagemaker_instances_are_served(server):
+    r = post(server, jpeg(), None)  # no Content-Type: the JPEG's own bytes say what it is
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    one = base64.b64encode(jpeg()).decode()
+    r = post(server, json.dumps({"instances": [one, {"b64": one}]}), "application/json")
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 2
 
 
 def test_several_images_in_one_request_and_top_k(server):

@@ -6,6 +6,7 @@ code runs on a laptop: `SM_CHANNEL_TRAINING=./images SM_MODEL_DIR=./model imgclf
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -112,13 +113,46 @@ def hyperparameters_to_argv(hyperparameters: Mapping[str, str], known: set[str])
     return [a for k, v in sorted(hyperparameters.items()) for a in (f"--{k}", v)]
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+WRITABLE_HINT = "the model, output and checkpoint folders must be writable by the job"
+DISK_HINT = "give the job more storage (the estimator's volume_size) or free the disk"
+# what torch.save(obj, path) raises instead of an OSError: "... open file failed with strerror:
+# Read-only file system", "File ... cannot be opened.", "... unexpected pos 950336 vs 950232"
+TORCH_SHORT_WRITE = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
+TORCH_CANNOT_OPEN = "cannot be opened"
+
+
 def failure_reason(exc: BaseException) -> str:
     """One line for the failure file and DescribeTrainingJob's FailureReason."""
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
     if isinstance(exc, UserError):
         return f"ClientError: {exc}"
     if _is_out_of_memory(exc):
-        return f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}; lower batch-size"
-    return f"AlgorithmError: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        return f"OutOfMemoryError: {first_line or 'out of memory'}; lower batch-size"
+    code = exc.errno if isinstance(exc, OSError) else _torch_write_errno(exc, first_line)
+    where = f"writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else "writing a file"
+    if code in DISK_FULL:
+        detail = os.strerror(code) if isinstance(exc, OSError) else first_line
+        return f"DiskFullError: {where} ({detail}); {DISK_HINT}"
+    if code in NOT_WRITABLE:
+        detail = os.strerror(code) if isinstance(exc, OSError) else first_line
+        return f"PermissionError: {where} ({detail}); {WRITABLE_HINT}"
+    return f"AlgorithmError: {type(exc).__name__}: {first_line}".rstrip(": ")
+
+
+def _torch_write_errno(exc: BaseException, message: str) -> int | None:
+    """The errno behind torch's RuntimeError for a file it could not write, if it is one."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    for code in (*DISK_FULL, *NOT_WRITABLE):
+        if f"strerror: {os.strerror(code)}" in message:
+            return code
+    if any(s in message for s in TORCH_SHORT_WRITE):
+        return errno.ENOSPC  # a write cut short: the disk filled up under it
+    if TORCH_CANNOT_OPEN in message:
+        return errno.EACCES
+    return None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -28,6 +28,7 @@ from torch import nn
 from . import debug, distributed, export, features, hyperparameters
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .contract import TrainingEnvironment, UserError, run_job
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .metrics import format_metrics
@@ -35,7 +36,6 @@ from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSe
 
 log = logging.getLogger("imgclf.train")
 
-CHECKPOINT_FILE = "checkpoint.pt"
 SIGTERM_EXIT = 128 + signal.SIGTERM
 
 
@@ -184,43 +184,6 @@ def _memory_format(device, args):
     return torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
 
 
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(path: Path, model, optimizer, scaler, state: TrainState, card: models.ModelCard) -> None:
-    """Written to a temporary file and renamed, so a kill mid-write never leaves a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": _unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "state": {**state.__dict__},
-            "card": card.to_dict(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, model, optimizer, scaler, card: models.ModelCard) -> TrainState | None:
-    if not path.is_file():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    saved = models.ModelCard.from_dict(ckpt["card"])
-    if (saved.arch, saved.classes) != (card.arch, card.classes):
-        raise UserError(
-            f"checkpoint {path} is for {saved.arch} with {len(saved.classes)} classes, this job trains "
-            f"{card.arch} with {len(card.classes)}: clear the checkpoint location or match the job"
-        )
-    _unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    return TrainState(**ckpt["state"])
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -324,7 +287,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     criterion = nn.CrossEntropyLoss()
 
     checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
-    state = load_checkpoint(checkpoint, model, optimizer, scaler, card) or TrainState()
+    state = TrainState(**(load_checkpoint(checkpoint, model, optimizer, scaler, card) or {}))
     if state.epoch and topology.is_main:
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     callbacks.on_train_begin(TrainingJob(model, criterion, optimizer, args, env, topology, device))
@@ -365,7 +328,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
             net, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks)
         if interrupted:
             if topology.is_main:
-                save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
+                save_checkpoint(checkpoint, _unwrap(model), optimizer, scaler, state, card)
                 log.warning("stopped by SIGTERM in epoch %d; checkpoint %s resumes it", epoch, checkpoint)
             return SIGTERM_EXIT
         loss_sum, correct, seen, skipped = tally.totals(topology, device)
@@ -383,7 +346,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
             if skipped or valid_skipped:
                 log.warning("epoch=%d skipped unreadable images: %d training, %d validation",
                             epoch, skipped, valid_skipped)
-            save_checkpoint(checkpoint, model, optimizer, scaler, state, card)
+            save_checkpoint(checkpoint, _unwrap(model), optimizer, scaler, state, card)
         callbacks.on_epoch_end(epoch, metrics)
         if state.should_stop_early(args.early_stopping_patience):
             if topology.is_main:

@@ -2,10 +2,15 @@
 
     environment.py      SAGEMAKER_* and IMGCLF_* variables, read once
     errors.py           client errors that carry their HTTP status and a JSON reason
+    sniffing.py         the content type of a body that names none, from its first bytes
     decoder.py          request body -> RGB images, one function per content type
     handler.py          TorchServe-style handler: initialize, preprocess, inference, postprocess
-    handler_service.py  the one class multi-model-server loads
-    front.py            the port SageMaker talks to: /ping from the model's real state, the rest
-                        passed to multi-model-server
-    server.py           `imgclf-serve`: starts both, forwards SIGTERM
+    handler_service.py  the handler service: where a failure becomes a response or a dead worker
+    mms_entry.py        the entry point multi-model-server calls: handler_service, its answers
+                        framed around a decoding bug of MMS's frontend
+    front.py            the port SageMaker talks to (aiohttp): /ping from the model's real state,
+                        client faults answered, the rest passed to multi-model-server
+    registration.py     multi-model POST /models: settings added, the model's folder checked
+    privileges.py       started as root: stage the model, then become an unprivileged user
+    server.py           `imgclf-serve`: starts both, drains and stops on SIGTERM
 """

@@ -1,26 +1,39 @@
-"""The port SageMaker talks to. It answers `/ping` from the model's real state and passes every
-other request to multi-model-server on a private port.
+"""The port SageMaker talks to, served by aiohttp. It answers `/ping` from the model's real state,
+refuses what the model server would answer badly, and passes every other request to
+multi-model-server on a private port.
 
 Why not MMS's own port: MMS answers `/ping` with 200 even while its workers are still loading the
-model or have died (the body then says "Unhealthy"), and a SageMaker health check reads only the
-status code. Here `/ping` is 200 only once the model is registered and a worker holds it.
+model or have died (the body then says "Unhealthy"), answers a body without a content type with a
+500 and a Java exception name, and takes any Accept header. Here `/ping` is 200 only once the
+model is registered and a worker holds it, and every client fault is a 4xx with a JSON reason.
 
 Routing:
     GET  /ping          200 {"status": "Healthy"} or 503 with the reason
     POST /invocations   single model: to the model; multi-model: to the model named by
                         X-Amzn-SageMaker-Target-Model (its ".tar.gz" dropped)
-    anything else       unchanged (the MMS management API: /models, /models/<name>/invoke, ...)
-A body over the payload limit gets 413 with a JSON reason before it reaches the model server.
+    multi-model only    the MMS management API (/models, /models/<name>/invoke, ...), with
+                        POST /models checked and completed first (registration.py)
+    anything else       404
+Refused here, each with {"error": ..., "message": ...}: malformed HTTP framing (400, by aiohttp's
+parser), a body over the payload limit (413), an invocation whose body has no usable content type
+and is not an image, JSON or .npy (415), or whose Accept excludes JSON (406).
 """
 from __future__ import annotations
 
-import http.client
+import asyncio
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlencode, urlsplit
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from . import registration
+from .sniffing import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
 
@@ -28,170 +41,225 @@ MODEL_NAME = "model"  # the single model's name inside MMS
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "content-length", "host"}
-DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
+# aiohttp decompresses a request body sent with Content-Encoding (the payload limit counts the
+# decompressed bytes, so a gzip bomb stops at the limit); the model server gets it plain
+REQUEST_ONLY = {"content-encoding"}
 HEALTHY = ("Healthy", "Partial Healthy")
+PRODUCES = "application/json"
+ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
+ERROR_STATUSES = {s.value for s in HTTPStatus if s >= 400}
+DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
 
 
-class Front(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128
+def json_error(status: HTTPStatus, message: str) -> web.Response:
+    return web.json_response({"error": status.phrase, "message": message}, status=status)
 
-    def __init__(self, address: tuple[str, int], upstream_port: int, *, multi_model: bool, max_payload_bytes: int,
-                 register_defaults: dict[str, int] | None = None):
-        self.upstream_port = upstream_port
+
+class JsonErrorProtocol(web.RequestHandler):
+    """aiohttp's connection handler, answering its own errors (malformed framing, oversized
+    headers, an exception in `Front.handle`) with the JSON body instead of plain text."""
+
+    def handle_error(self, request, status=500, exc=None, message=None):
+        if status >= 500:
+            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
+        else:
+            log.info("refused malformed request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started, cannot send the error")
+        code = HTTPStatus(status)
+        reason = str(message or exc or code.phrase).strip().splitlines()[0]
+        resp = json_error(code, f"malformed HTTP request: {reason}" if status < 500 else "internal error in the front")
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class Front:
+    """The public port. `start` and `stop` run on an asyncio loop; `model_ready` is set from any thread."""
+
+    def __init__(self, upstream_port: int, *, multi_model: bool, max_payload_bytes: int,
+                 register_defaults: dict[str, int] | None = None, models_dir: Path | None = None,
+                 stage_dir: Path | None = None, upstream_timeout_s: float = 3600, stop_grace_s: float = 15):
+        self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.multi_model = multi_model
         self.max_payload_bytes = max_payload_bytes
         self.register_defaults = register_defaults or {}  # added to POST /models that don't set them
+        self.models_dir = models_dir  # multi-model: where models may be loaded from
+        self.stage_dir = stage_dir  # ... and where their archives are extracted
+        self.upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=upstream_timeout_s)
+        self.stop_grace_s = stop_grace_s
         self.model_ready = threading.Event()  # single model registered with its workers (set by the server)
-        self.local = threading.local()
-        super().__init__(address, FrontHandler)
+        self.session: aiohttp.ClientSession | None = None
+        self.runner: web.ServerRunner | None = None
 
-    def upstream(self, fresh: bool = False) -> http.client.HTTPConnection:
-        """This thread's keep-alive connection to MMS."""
-        if fresh or getattr(self.local, "conn", None) is None:
-            if getattr(self.local, "conn", None) is not None:
-                self.local.conn.close()
-            self.local.conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=3600)
-        return self.local.conn
+    async def start(self, host: str, port: int) -> int:
+        """Listen on host:port; returns the port (the kernel's choice when 0)."""
+        # TCP_NODELAY both ways (aiohttp's default), so no request waits for a delayed ACK
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=self.upstream_timeout,
+                                             auto_decompress=False, skip_auto_headers=("User-Agent",))
+        server = JsonErrorServer(self.handle, access_log=None, max_field_size=16384, lingering_time=5.0)
+        self.runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=self.stop_grace_s)
+        await self.runner.setup()
+        sock = socket.create_server((host, port), backlog=1024)
+        await web.SockSite(self.runner, sock, backlog=1024).start()
+        return sock.getsockname()[1]
 
-    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes | None):
-        """(status, reason, headers, body) from MMS; a stale keep-alive connection is retried once."""
-        for attempt in (0, 1):
-            conn = self.upstream(fresh=attempt > 0)
+    async def stop(self) -> None:
+        """Stop listening, let requests in flight finish for up to `stop_grace_s`, then close."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "GET" and request.path == "/ping":
+            status, message = await self.health()
+            return web.json_response({"status": "Healthy" if status == 200 else "Unhealthy", "message": message},
+                                     status=status)
+        if not self.multi_model and request.path.rstrip("/") != "/invocations":
+            return json_error(HTTPStatus.NOT_FOUND, f"{request.method} {request.path}: this endpoint serves "
+                                                    "GET /ping and POST /invocations")
+        try:
+            body = await self.read_body(request)
+        except HttpProcessingError as e:  # framing broken inside the body (a chunk size that is not hex)
+            resp = json_error(HTTPStatus.BAD_REQUEST, f"malformed HTTP request body: {e.message}")
+            resp.force_close()
+            return resp
+        if body is None:
+            resp = json_error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                              f"payload over the limit of {self.max_payload_bytes} bytes"
+                              + (f" ({request.content_length} bytes)" if request.content_length else ""))
+            if (request.content_length or DISCARD_LIMIT + 1) > DISCARD_LIMIT:
+                resp.force_close()  # else aiohttp reads and drops the rest, and the connection stays open
+            return resp
+        path = request.path_qs
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | REQUEST_ONLY}
+        if is_invocation(request):
+            refusal = self.check_invocation(request, body, headers)
+            if refusal is not None:
+                return refusal
+            if request.path.rstrip("/") == "/invocations":
+                path = self.route(request)
+                if path is None:
+                    return json_error(HTTPStatus.BAD_REQUEST,
+                                      f"multi-model endpoint: name the model in the {TARGET_MODEL} header")
+        elif request.method == "POST" and request.path.rstrip("/") == "/models":
             try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                return resp.status, resp.reason, resp.getheaders(), resp.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                if attempt:
-                    raise
-            except Exception:
-                conn.close()
-                self.local.conn = None
-                raise
+                path, body = await asyncio.to_thread(registration.complete, request.path, request.query_string, body,
+                                                     self.register_defaults, self.models_dir, self.stage_dir)
+            except registration.RegistrationError as e:
+                return json_error(e.status, str(e))
+        return await self.forward(request.method, path, headers, body,
+                                  answer_type=PRODUCES if is_invocation(request) else None)
 
-    def health(self) -> tuple[int, str]:
+    async def read_body(self, request: web.BaseRequest) -> bytes | None:
+        """The request body, or None when it is over the limit (the rest is left unread)."""
+        limit = self.max_payload_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def check_invocation(self, request: web.BaseRequest, body: bytes, headers: dict[str, str]) -> web.Response | None:
+        """406 or 415 for what the model cannot answer; a body without a content type gets the one
+        its bytes show (MMS would fail on it with a 500)."""
+        accept = request.headers.get("Accept", "")
+        if accept and not accepts(accept):
+            return json_error(HTTPStatus.NOT_ACCEPTABLE, f"Accept: {accept} excludes {PRODUCES}, the only answer format")
+        given = request.headers.get("Content-Type", "")
+        if given.split(";")[0].strip().lower() in UNTYPED:
+            mime = sniff(body) if body else None
+            if mime is None:
+                return json_error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                                  f"{'no Content-Type' if not given else 'Content-Type ' + given} and a body that is "
+                                  "not a known image, JSON or .npy: set Content-Type to image/jpeg, image/png, "
+                                  "application/x-image, application/json or application/x-npy")
+            for key in [k for k in headers if k.lower() == "content-type"]:
+                del headers[key]
+            headers["Content-Type"] = mime
+        return None
+
+    def route(self, request: web.BaseRequest) -> str | None:
+        """The MMS path for POST /invocations, or None when a multi-model call names no model."""
+        if not self.multi_model:
+            return f"/predictions/{MODEL_NAME}"
+        target = request.headers.get(TARGET_MODEL)
+        if not target:
+            return None
+        return f"/models/{target.removesuffix('.tar.gz').strip('/')}/invoke"
+
+    async def forward(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                      answer_type: str | None = None) -> web.Response:
+        """MMS's answer, headers and body together in one response; `answer_type` is the
+        Content-Type of a model's answers (the worker sends them without one: mms_entry.py)."""
+        try:
+            async with self.session.request(method, self.upstream + path, headers=headers,
+                                            data=body if method in ("POST", "PUT") else None) as resp:
+                payload = await resp.read()
+                if resp.status in ERROR_STATUSES and (reason := model_server_error(payload)):
+                    log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
+                    return json_error(HTTPStatus(resp.status), reason)
+                out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+                if answer_type and "Content-Type" not in resp.headers:
+                    out["Content-Type"] = answer_type
+                    payload = payload.rstrip(b" ")  # the worker's padding (mms_entry.py)
+                return web.Response(status=resp.status, reason=resp.reason, headers=out, body=payload)
+        except asyncio.TimeoutError:
+            return json_error(HTTPStatus.GATEWAY_TIMEOUT, "model server did not answer in time")
+        except aiohttp.ServerDisconnectedError:
+            return json_error(HTTPStatus.BAD_GATEWAY, "model server closed the connection (a worker may have died)")
+        except aiohttp.ClientError as e:
+            return json_error(HTTPStatus.SERVICE_UNAVAILABLE, f"model server not answering: {e}")
+
+    async def health(self) -> tuple[int, str]:
         if not self.multi_model and not self.model_ready.is_set():
             return HTTPStatus.SERVICE_UNAVAILABLE, "model not loaded yet"
         try:
-            status, _, _, body = self.forward("GET", "/ping", {}, None)
-            state = json.loads(body).get("status", "")
-        except (OSError, ValueError, http.client.HTTPException):
+            async with self.session.get(self.upstream + "/ping", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                status, state = resp.status, (await resp.json(content_type=None)).get("status", "")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
             return HTTPStatus.SERVICE_UNAVAILABLE, "model server not answering"
         if status == 200 and state in HEALTHY:
             return HTTPStatus.OK, "Healthy"
         return HTTPStatus.SERVICE_UNAVAILABLE, f"model server says {state or status}: workers not running"
 
 
-class FrontHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Front
+def model_server_error(payload: bytes) -> str | None:
+    """The message of an error that MMS itself wrote ({"code", "type", "message"}, e.g. "Worker
+    died."), to answer in our shape; None for the handler's own JSON errors and anything else."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(doc, dict) and {"code", "type", "message"} <= doc.keys() and "error" not in doc:
+        return f"model server: {doc['message']} ({doc['type']})"
+    return None
 
-    def log_message(self, fmt, *args):
-        log.debug("%s " + fmt, self.address_string(), *args)
 
-    def reply(self, status: int, doc: dict, reason: str | None = None) -> None:
-        self.send(status, reason, [("Content-Type", "application/json")], json.dumps(doc).encode())
+def is_invocation(request: web.BaseRequest) -> bool:
+    path = request.path.rstrip("/")
+    return request.method == "POST" and (path == "/invocations" or (path.startswith("/models/")
+                                                                    and path.endswith("/invoke")))
 
-    def error(self, status: HTTPStatus, message: str) -> None:
-        self.reply(status, {"error": status.phrase, "message": message})
 
-    def send(self, status: int, reason: str | None, headers, body: bytes) -> None:
-        self.send_response(status, reason)
-        for key, value in headers:
-            if key.lower() not in HOP_BY_HOP:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if urlsplit(self.path).path == "/ping":
-            status, message = self.server.health()
-            return self.reply(status, {"status": "Healthy" if status == 200 else "Unhealthy", "message": message})
-        self.proxy()
-
-    def do_POST(self):
-        self.proxy()
-
-    do_PUT = do_DELETE = do_POST
-
-    def read_body(self) -> bytes | None:
-        """The request body, or None after answering 413 for one over the limit."""
-        limit = self.server.max_payload_bytes
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, size = [], 0
-            while True:
-                n = int(self.rfile.readline().split(b";")[0], 16)
-                if n == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                size += n
-                if size > DISCARD_LIMIT:
-                    self.close_connection = True
-                    break
-                chunk = self.rfile.read(n)
-                self.rfile.readline()
-                if size <= limit:
-                    chunks.append(chunk)
-        else:
-            size = int(self.headers.get("Content-Length") or 0)
-            if size > limit:
-                if size > DISCARD_LIMIT:
-                    self.close_connection = True
-                else:
-                    self.rfile.read(size)
-                chunks = []
-            else:
-                chunks = [self.rfile.read(size)]
-        if size > limit:
-            self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                       f"payload of {size} bytes is over the limit of {limit} bytes")
-            return None
-        return b"".join(chunks)
-
-    def route(self) -> str | None:
-        """The MMS path for this request, or None after answering the client."""
-        url = urlsplit(self.path)
-        if url.path.rstrip("/") != "/invocations":
-            return self.path
-        if not self.server.multi_model:
-            return f"/predictions/{MODEL_NAME}"
-        target = self.headers.get(TARGET_MODEL)
-        if not target:
-            self.error(HTTPStatus.BAD_REQUEST, f"multi-model endpoint: name the model in the {TARGET_MODEL} header")
-            return None
-        name = target.removesuffix(".tar.gz").strip("/")
-        return f"/models/{name}/invoke"
-
-    def with_register_defaults(self, path: str, body: bytes) -> tuple[str, bytes]:
-        """POST /models: batching and worker settings from the environment unless the call sets them."""
-        defaults = self.server.register_defaults
-        url = urlsplit(path)
-        if self.command != "POST" or url.path.rstrip("/") != "/models" or not defaults:
-            return path, body
-        if body.strip():
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                return path, body  # MMS answers that itself
-            return path, json.dumps({**defaults, **doc}).encode()
-        query = {k: v[0] for k, v in parse_qs(url.query).items()}
-        return f"{url.path}?{urlencode({**defaults, **query})}", body
-
-    def proxy(self) -> None:
-        body = self.read_body()
-        if body is None:
-            return
-        path = self.route()
-        if path is None:
-            return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        path, body = self.with_register_defaults(path, body)
+def accepts(accept: str) -> bool:
+    """Whether an Accept header admits JSON (media ranges with q=0 excluded)."""
+    for item in accept.split(","):
+        media, *params = [p.strip() for p in item.split(";")]
+        q = next((p.partition("=")[2] for p in params if p.lower().startswith("q=")), "1")
         try:
-            status, reason, resp_headers, resp_body = self.server.forward(
-                self.command, path, headers, body if self.command in ("POST", "PUT") else None)
-        except (OSError, http.client.HTTPException) as e:
-            return self.error(HTTPStatus.SERVICE_UNAVAILABLE, f"model server not answering: {e}")
-        self.send(status, reason, resp_headers, resp_body)
+            weight = float(q)
+        except ValueError:
+            weight = 1.0
+        if media.lower() in ACCEPTS_JSON and weight > 0:
+            return True
+    return False

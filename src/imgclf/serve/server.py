@@ -6,13 +6,18 @@ flags set the same variables:
 
     imgclf-serve --model-dir ./model --port 8080
 
-It starts multi-model-server in the foreground on a private port, registers the model with
-server-side batching (MMS's start-up models get a batch size of 1), and serves the public port
-through `front.Front`. SIGTERM stops the model server's whole process group, workers included.
+Started as root (as SageMaker starts it), it first copies the model and drops to an unprivileged
+user (privileges.py). It starts multi-model-server in the foreground on a private port, registers
+the model with server-side batching (MMS's start-up models get a batch size of 1), and serves the
+public port through `front.Front` (aiohttp). SIGTERM stops listening, lets the requests in flight
+finish, then stops the model server's whole process group, workers included, all within
+SageMaker's 30 s.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import http.client
 import logging
 import os
@@ -31,15 +36,24 @@ from urllib.parse import urlencode
 import sagemaker_inference
 from sagemaker_inference import parameters as sm
 
+from ..archive import UnsafeArchive, packed_model
 from . import environment as E
 from .environment import ServingEnvironment
 from .front import MODEL_NAME, Front
+from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
 
 log = logging.getLogger("imgclf.serve")
 
-HANDLER_SERVICE = "imgclf.serve.handler_service"
+HANDLER_SERVICE = "imgclf.serve.mms_entry:handle"  # handler_service.HandlerService, its answers padded (mms_entry.py)
 MMS_LOG_CONFIG = Path(sagemaker_inference.__file__).parent / "etc" / "log4j2.xml"
-STOP_GRACE_S = 20
+# A fixed heap, touched at start: the JVM's memory is bounded and flat while it serves (a default
+# heap grows for minutes under load, up to a quarter of the host's memory, which a soak cannot
+# tell from a leak). SAGEMAKER_MODEL_SERVER_VMARGS with its own -Xmx replaces it.
+JVM_HEAP = "-Xms512m -Xmx512m -XX:+AlwaysPreTouch"
+# SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then the
+# model server STOP_GRACE_S to exit, then it is killed.
+DRAIN_S = 15
+STOP_GRACE_S = 8
 
 
 def mms_config(env: ServingEnvironment, port: int) -> str:
@@ -58,7 +72,7 @@ def mms_config(env: ServingEnvironment, port: int) -> str:
         "max_request_size": env.max_payload_bytes + 1024 * 1024,
         "max_response_size": 64 * 1024 * 1024,
         "job_queue_size": 1000,
-        "vmargs": env.vmargs,
+        "vmargs": env.vmargs if "-Xmx" in env.vmargs else f"{env.vmargs} {JVM_HEAP}",
         "enable_envvars_config": "false",
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
@@ -146,7 +160,7 @@ class ModelServer:
 
     def stop(self) -> int:
         """SIGTERM to the whole group (the launcher, the JVM, the Python workers), SIGKILL after a grace period."""
-        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 3)):
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
@@ -159,13 +173,14 @@ class ModelServer:
         return self.process.wait()
 
 
-def start_up(server: ModelServer, front: Front, env: ServingEnvironment, failed: threading.Event) -> None:
+def start_up(server: ModelServer, front: Front, env: ServingEnvironment, model_dir: Path,
+             failed: threading.Event) -> None:
     """Background start-up: register the single model, then let /ping say healthy. A model that
     cannot be loaded ends the process (SageMaker then reports the endpoint as failed)."""
     try:
         server.wait_until_answering(env.startup_timeout_s)
         if not env.multi_model:
-            server.register(env.model_dir, env.startup_timeout_s)
+            server.register(model_dir, env.startup_timeout_s)
             front.model_ready.set()
         log.info("ready on port %d", env.port)
     except Exception as e:
@@ -173,35 +188,67 @@ def start_up(server: ModelServer, front: Front, env: ServingEnvironment, failed:
         failed.set()
 
 
-def main(env: ServingEnvironment, host: str = "0.0.0.0") -> int:
+def prepare(env: ServingEnvironment, run_dir: Path, user_name: str | None) -> Path:
+    """As root: copy the model into `run_dir` and become the serving user. Returns the model
+    folder to serve."""
+    user = serving_user(user_name)
+    if user is None:
+        return env.model_dir
+    model_dir = env.model_dir if env.multi_model else stage_model(env.model_dir, run_dir / "model")
+    give(run_dir, user)
+    drop_to(user, run_dir)
+    return model_dir
+
+
+async def serve(env: ServingEnvironment, host: str, model_dir: Path, run_dir: Path) -> int:
+    """The front on the public port and MMS behind it, until SIGTERM or a failure."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    mms_port = free_port()
+    front = Front(mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
+                  register_defaults=register_defaults(env) if env.multi_model else None,
+                  models_dir=env.models_dir if env.multi_model else None, stage_dir=run_dir / "models",
+                  upstream_timeout_s=2 * env.response_timeout_s + 30, stop_grace_s=DRAIN_S)
+    await front.start(host, env.port)
+    server = ModelServer(env, run_dir, mms_port)
+    failed = threading.Event()
+    threading.Thread(target=start_up, args=(server, front, env, model_dir, failed), name="start-up",
+                     daemon=True).start()
+    log.info("serving %s on %s:%d", env.models_dir if env.multi_model else model_dir, host, env.port)
+    while not (stop.is_set() or failed.is_set() or server.process.poll() is not None):
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+    if stop.is_set():
+        log.info("SIGTERM: answering the requests in flight (up to %d s), then stopping", DRAIN_S)
+    await front.stop()
+    code = await asyncio.to_thread(server.stop)
+    if stop.is_set() and not failed.is_set():
+        log.info("stopped")
+        return 0
+    log.error("stopped: %s", "start-up failed" if failed.is_set() else f"multi-model-server exited with code {code}")
+    return 1
+
+
+def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None) -> int:
     """Serve until SIGTERM (exit 0) or until the model server fails (exit 1)."""
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         log.error("multi-model-server needs a Java runtime (java not found on PATH)")
         return 1
-    if not env.multi_model and not (env.model_dir / "model.json").is_file():
+    if not env.multi_model and not ((env.model_dir / "model.json").is_file() or packed_model(env.model_dir)):
         log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
         return 1
-    mms_port = free_port()
-    front = Front((host, env.port), mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
-                  register_defaults=register_defaults(env) if env.multi_model else None)
     run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
-    server = ModelServer(env, run_dir, mms_port)
-    stop, failed = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    threading.Thread(target=front.serve_forever, name="front", daemon=True).start()
-    threading.Thread(target=start_up, args=(server, front, env, failed), name="start-up", daemon=True).start()
-    log.info("serving %s on %s:%d", env.models_dir if env.multi_model else env.model_dir, host, env.port)
-    while not (stop.is_set() or failed.is_set() or server.process.poll() is not None):
-        stop.wait(0.5)
-    front.shutdown()
-    front.server_close()
-    code = server.stop()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    if stop.is_set() and not failed.is_set():
-        return 0
-    log.error("stopped: %s", "start-up failed" if failed.is_set() else f"multi-model-server exited with code {code}")
-    return 1
+    try:
+        try:
+            model_dir = prepare(env, run_dir, user)
+        except (OSError, RuntimeError, UnsafeArchive) as e:
+            log.error("cannot prepare the model for serving: %s", e)
+            return 1
+        return asyncio.run(serve(env, host, model_dir, run_dir))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 FLAG_VARIABLES = {  # flag -> the variable it sets, so the model workers see it too
@@ -228,6 +275,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-delay-ms", type=int, help="longest wait for a batch to fill (default 5)")
     p.add_argument("--top-k", type=int, help="labels per image unless the request asks (default 5)")
     p.add_argument("--precision", choices=E.PRECISIONS, help="auto: bfloat16 where supported and it agrees with float32")
+    p.add_argument("--user", help=f"started as root, serve as this user (default ${SERVE_USER_ENV} or {DEFAULT_USER}; "
+                                  "root keeps root)")
     return p
 
 
@@ -243,7 +292,7 @@ def cli(argv: list[str] | None = None) -> None:
         env = ServingEnvironment.from_env()
     except ValueError as e:
         sys.exit(f"imgclf-serve: {e}")
-    sys.exit(main(env, host=args.host))
+    sys.exit(main(env, host=args.host, user=args.user or os.environ.get(SERVE_USER_ENV)))
 
 
 if __name__ == "__main__":
