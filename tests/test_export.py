@@ -11,7 +11,8 @@ from imgclf.data import ImageFolderDataset, find_classes
 from imgclf.model import ModelCard, create_model, load_card, save_artifact
 from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
 
-pytestmark = pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")
+pytestmark = [pytest.mark.openvino,
+              pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,7 @@ def test_pixel_limit_comes_from_the_environment(model_dir, tmp_path, monkeypatch
     assert context.status[0][0] == 413 and "decompression bomb" in answers[0]["message"]
 
 
+@pytest.mark.openvino
 def test_an_exported_artifact_is_served_by_its_int8_model(exported, tmp_path):
     model_dir, _, _, _ = exported
     h = ImageClassifierHandler(environment(tmp_path, precision="int8", top_k=1))

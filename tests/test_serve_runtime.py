@@ -13,7 +13,8 @@ from imgclf.presets import ClassificationPresetEval
 from imgclf.serve import runtime
 from imgclf.serve.runtime import RunnerFactory, choose_runner, probe_batch
 
-pytestmark = pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")
+pytestmark = [pytest.mark.openvino,
+              pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]
 CPU = torch.device("cpu")
 
 
@@ -45,21 +46,29 @@ def test_auto_serves_int8_when_its_recorded_agreement_meets_the_threshold(export
 
 
 @pytest.mark.parametrize("numbers", [{"top1_agreement": 0.98}, {"accuracy": 0.89}])
-def test_auto_falls_back_to_bf16_then_fp32_when_int8_misses_it(exported, caplog, numbers):
+def test_auto_falls_back_to_openvino_fp32_when_int8_misses_it(exported, caplog, numbers):
     model_dir, _, card, _ = exported
     caplog.set_level(logging.INFO)
     card = with_int8_agreement(card, **numbers)
-    assert choose(model_dir, card, bf16=True).name == "openvino bf16"
-    assert "misses the threshold" in caplog.text and "largest probability gap" in caplog.text
-    assert choose(model_dir, card, bf16=False).name == "openvino fp32"
+    for bf16 in (True, False):  # torch's bfloat16 is not run beside OpenVINO
+        assert choose(model_dir, card, bf16=bf16).name == "openvino fp32"
+    assert "misses the threshold" in caplog.text and "float32 through OpenVINO" in caplog.text
+
+
+def test_auto_on_a_torch_artifact_takes_bf16_where_it_agrees(tmp_path, caplog):
+    model_dir = make_artifact(tmp_path / "model")
+    card = load_card(model_dir)
+    caplog.set_level(logging.INFO)
+    assert choose(model_dir, card, bf16=True).name == "torch bf16 on cpu"
+    assert "the artifact has no int8 model" in caplog.text and "largest probability gap" in caplog.text
+    assert choose(model_dir, card, bf16=False).name == "torch fp32 on cpu"
     assert "no bfloat16 on this processor" in caplog.text
 
 
-def test_auto_keeps_fp32_when_bf16_changes_the_answers(exported):
-    model_dir, _, card, _ = exported
-    card = with_int8_agreement(card, top1_agreement=0.5)
+def test_auto_keeps_fp32_when_bf16_changes_the_answers(tmp_path):
+    model_dir = make_artifact(tmp_path / "model")
     with mock.patch.object(runtime, "MAX_PROBABILITY_GAP", 0.0):
-        assert choose(model_dir, card, bf16=True).name == "openvino fp32"
+        assert choose(model_dir, load_card(model_dir), bf16=True).name == "torch fp32 on cpu"
 
 
 def test_forced_precisions_use_the_stored_formats(exported):
@@ -67,8 +76,8 @@ def test_forced_precisions_use_the_stored_formats(exported):
     pixels = probe(card)
     with torch.no_grad():
         expected = model(pixels).softmax(1)
-    runners = {p: choose(model_dir, with_int8_agreement(card, top1_agreement=0.1), p) for p in ("fp32", "bf16", "int8")}
-    assert {p: r.name for p, r in runners.items()} == {"fp32": "openvino fp32", "bf16": "openvino bf16",
+    runners = {p: choose(model_dir, with_int8_agreement(card, top1_agreement=0.1), p) for p in ("fp32", "int8")}
+    assert {p: r.name for p, r in runners.items()} == {"fp32": "openvino fp32",
                                                         "int8": "openvino int8"}
     assert torch.allclose(runners["fp32"](pixels), expected, atol=1e-5)  # exact path: float32's answers
     for r in runners.values():
