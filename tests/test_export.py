@@ -1,5 +1,6 @@
 import json
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -105,6 +106,20 @@ def test_without_openvino_the_artifact_keeps_the_torch_weights_only(tmp_path, mo
     card = ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
     assert export.export_serving_formats(tmp_path, create_model("resnet18", 2), card, [], []) is card
     assert "openvino" in caplog.text and not list(tmp_path.iterdir())
+
+
+def test_signals_are_handled_after_openvino_plugins_went_in_any_order():
+    """OpenVINO's CPU plugin leaves the thread on an unmapped alternate signal stack when two
+    plugins go in the order they came; a signal handled then killed the process (SIGSEGV)."""
+    script = (
+        "import os, signal, sys, torch; from imgclf import export; "
+        "net = export.to_openvino(torch.nn.Conv2d(3, 4, 3), 8); "
+        "first = export.compile_model(net); second = export.compile_model(net); "
+        "del first; del second; "
+        "signal.signal(signal.SIGUSR1, lambda *_: print('handled')); os.kill(os.getpid(), signal.SIGUSR1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "handled" in proc.stdout, proc.stderr[-2000:]
 
 
 @pytest.mark.docker

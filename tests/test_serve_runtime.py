@@ -46,13 +46,16 @@ def test_auto_serves_int8_when_its_recorded_agreement_meets_the_threshold(export
 
 
 @pytest.mark.parametrize("numbers", [{"top1_agreement": 0.98}, {"accuracy": 0.89}])
-def test_auto_falls_back_to_openvino_fp32_when_int8_misses_it(exported, caplog, numbers):
+def test_auto_falls_back_to_openvino_bf16_then_fp32_when_int8_misses_it(exported, caplog, numbers):
     model_dir, _, card, _ = exported
     caplog.set_level(logging.INFO)
     card = with_int8_agreement(card, **numbers)
-    for bf16 in (True, False):  # torch's bfloat16 is not run beside OpenVINO
-        assert choose(model_dir, card, bf16=bf16).name == "openvino fp32"
-    assert "misses the threshold" in caplog.text and "float32 through OpenVINO" in caplog.text
+    assert choose(model_dir, card, bf16=True).name == "openvino bf16"
+    assert "misses the threshold" in caplog.text and "largest probability gap" in caplog.text
+    assert choose(model_dir, card, bf16=False).name == "openvino fp32"
+    assert "no bfloat16 on this processor" in caplog.text
+    with mock.patch.object(runtime, "MAX_PROBABILITY_GAP", 0.0):
+        assert choose(model_dir, card, bf16=True).name == "openvino fp32"
 
 
 def test_auto_on_a_torch_artifact_takes_bf16_where_it_agrees(tmp_path, caplog):
@@ -76,8 +79,8 @@ def test_forced_precisions_use_the_stored_formats(exported):
     pixels = probe(card)
     with torch.no_grad():
         expected = model(pixels).softmax(1)
-    runners = {p: choose(model_dir, with_int8_agreement(card, top1_agreement=0.1), p) for p in ("fp32", "int8")}
-    assert {p: r.name for p, r in runners.items()} == {"fp32": "openvino fp32",
+    runners = {p: choose(model_dir, with_int8_agreement(card, top1_agreement=0.1), p) for p in ("fp32", "bf16", "int8")}
+    assert {p: r.name for p, r in runners.items()} == {"fp32": "openvino fp32", "bf16": "openvino bf16",
                                                         "int8": "openvino int8"}
     assert torch.allclose(runners["fp32"](pixels), expected, atol=1e-5)  # exact path: float32's answers
     for r in runners.values():
@@ -88,7 +91,7 @@ def test_forced_precisions_use_the_stored_formats(exported):
 def test_openvino_formats_load_without_the_pickled_weights(exported):
     model_dir, _, card, _ = exported
     with mock.patch.object(torch, "load", side_effect=AssertionError("torch.load called")):
-        for precision in ("fp32", "int8"):
+        for precision in ("fp32", "bf16", "int8"):
             choose(model_dir, card, precision)
 
 

@@ -12,11 +12,25 @@ accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
 torch weights, with one log line.
+
+Every OpenVINO call that may start its CPU plugin goes through this module, because of how that
+plugin treats the thread's alternate signal stack (the stack signal handlers run on; Python installs
+its handlers to use it). Each plugin instance (one per `ov.Core` that compiles, NNCF makes several)
+maps a stack of its own for the thread and, when it goes, puts back the one that was current when
+it came, if its own is still current, and unmaps its own. Plugins that go in another order than
+they came leave the thread on an unmapped stack: the next signal handled there (a DataLoader's
+SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are reused, writes its frame
+over the Python heap. `keep_signal_stack` gives the thread a stack of ours for the life of the
+process after each such call; no plugin restores over it.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import logging
+import mmap
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -39,6 +53,7 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the 
 FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
+SIGNAL_STACK_BYTES = 256 * 1024  # room for a signal frame with AMX state (about 11 KB) and the handler
 
 
 def openvino_available(calibration: bool = False) -> bool:
@@ -51,6 +66,27 @@ def openvino_available(calibration: bool = False) -> bool:
     except ImportError:
         return False
     return True
+
+
+class _StackT(ctypes.Structure):  # <signal.h> stack_t
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@functools.cache
+def _signal_stack() -> tuple[ctypes.Array, _StackT]:
+    """Anonymous memory for the stack, held (and so mapped) by this cache for the life of the process."""
+    memory = (ctypes.c_char * SIGNAL_STACK_BYTES).from_buffer(mmap.mmap(-1, SIGNAL_STACK_BYTES))
+    return memory, _StackT(ctypes.addressof(memory), 0, SIGNAL_STACK_BYTES)
+
+
+def keep_signal_stack() -> None:
+    """Put the calling thread on an alternate signal stack that lives as long as the process (see
+    the module's docstring); a no-op off Linux."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.sigaltstack(ctypes.byref(_signal_stack()[1]), None) != 0:
+        log.warning("could not set the alternate signal stack: %s", ctypes.get_errno())
 
 
 def to_openvino(model: nn.Module, crop_size: int):
@@ -74,9 +110,12 @@ def quantize(ov_model, batches: list[np.ndarray]):
 
     nncf.set_log_level(logging.WARNING)
     full = sum(map(len, batches)) >= FULL_BIAS_CORRECTION_IMAGES
-    return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
-                         target_device=nncf.TargetDevice.CPU, preset=nncf.QuantizationPreset.PERFORMANCE,
-                         fast_bias_correction=not full)
+    try:
+        return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
+                             target_device=nncf.TargetDevice.CPU, preset=nncf.QuantizationPreset.PERFORMANCE,
+                             fast_bias_correction=not full)
+    finally:
+        keep_signal_stack()
 
 
 def compile_model(ov_model, *, threads: int | None = None, precision_hint: str = "f32"):
@@ -89,7 +128,10 @@ def compile_model(ov_model, *, threads: int | None = None, precision_hint: str =
               "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
-    return ov.Core().compile_model(ov_model, "CPU", config)
+    try:
+        return ov.Core().compile_model(ov_model, "CPU", config)
+    finally:
+        keep_signal_stack()
 
 
 def read_model(path: Path):

@@ -3,19 +3,17 @@
 A `Runner` takes a batch of transformed pixels and returns class probabilities. Two kinds:
 
 - `OpenVinoRunner`: the OpenVINO IR files that training stored in the artifact (export.py), on the
-  CPU: float32 (the same answers as torch, faster) or int8 (the quantized IR).
+  CPU: float32 (the same answers as torch, faster), bfloat16 (OpenVINO's bf16 inference mode on
+  the float32 IR) or int8 (the quantized IR).
 - `TorchRunner`: the torch network, channels-last, under inference_mode, optionally in bfloat16
-  autocast: on a GPU, for bfloat16, and on a CPU for artifacts without IR files or without
-  OpenVINO installed. bfloat16 stays on torch: after OpenVINO's bf16 mode had run, the same
-  process later crashed in Python's memory management (seen in the test suite on an AVX-512 BF16
-  CPU), which torch's autocast never did.
+  autocast: on a GPU, and on a CPU for artifacts without IR files or without OpenVINO installed.
 
 `IMGCLF_PRECISION` chooses (`choose_runner`):
 
 - `auto`: int8 when its recorded agreement with float32 on the validation set meets the threshold
   (IMGCLF_INT8_MIN_AGREEMENT, IMGCLF_INT8_MAX_ACCURACY_DROP), else bfloat16 where the processor
-  has it and a probe batch gives the same answers as float32 (artifacts served by torch), else
-  float32. It logs its choice with the numbers it used.
+  has it and a probe batch gives the same answers as float32, else float32. It logs its choice
+  with the numbers it used.
 - `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
   start-up on the bundled sample photos (slower start, agreement unchecked: for measurement).
 """
@@ -147,6 +145,8 @@ class RunnerFactory:
         return TorchRunner(self.torch_model(), self.device, autocast=False)
 
     def bf16(self) -> Runner:
+        if self.use_openvino:
+            return self._openvino(FP32, "bf16", "openvino bf16")
         return TorchRunner(self.torch_model(), self.device, autocast=True)
 
     def int8(self) -> Runner:
@@ -188,9 +188,6 @@ def choose_runner(precision: str, factory: RunnerFactory, probe: torch.Tensor,
                  int8.agreement, 100 * min_agreement, 100 * max_accuracy_drop)
         return factory.int8()
     fp32 = factory.fp32()
-    if factory.use_openvino:  # torch's bfloat16 is not run beside OpenVINO (see the module's docstring)
-        log.info("precision auto: %s (%s; float32 through OpenVINO)", fp32.name, reason)
-        return fp32
     if not bf16_supported(factory.device):
         log.info("precision auto: %s (%s; no bfloat16 on this processor)", fp32.name, reason)
         return fp32
