@@ -2,7 +2,7 @@
 """Serving benchmark: the real `imgclf-serve` (multi-model-server) with a trained ResNet50 artifact,
 against the raw network and against AWS's own PyTorch serving stack, side by side in one run.
 
-The artifact comes from the real training job (`imgclf-train`: ResNet50 from scratch, 1 epoch on
+The artifact comes from the real training job (`imgclf-train`: ResNet50 from scratch, 3 epochs on
 Fashion-MNIST class folders at 224 px), so it carries what training writes for serving: the
 OpenVINO float32 and int8 copies and their agreement with float32 on the validation set. AWS's
 stack loads the same weights. Requests are 500x375 photo-like JPEGs.
@@ -88,11 +88,11 @@ def write_photos(n: int, size=(500, 375)) -> list[bytes]:
     return photos
 
 
-def train_artifact(root: Path, per_class: int) -> Path:
+def train_artifact(root: Path, per_class: int, epochs: int) -> Path:
     """A ResNet50 artifact from the real training job (which also exports the serving formats)."""
     from serve_precision_agreement import train_fashion_mnist
 
-    return train_fashion_mnist(root, arch="resnet50", image_size=224, per_class=per_class, epochs=1,
+    return train_fashion_mnist(root, arch="resnet50", image_size=224, per_class=per_class, epochs=epochs,
                                extra=["--pretrained", "false", "--freeze", "false", "--batch-size", "16"])
 
 
@@ -302,7 +302,7 @@ def main(args) -> None:
     endpoints, raws = {}, {}
     try:
         photos = write_photos(16)
-        ours_dir = Path(args.model_dir) if args.model_dir else train_artifact(root, args.train_per_class)
+        ours_dir = Path(args.model_dir) if args.model_dir else train_artifact(root, args.train_per_class, args.train_epochs)
         card = load_card(ours_dir)
         aws_dir = aws_artifact(ours_dir, root)
         print(f"{card.arch}, {len(card.classes)} classes, {card.eval.crop_size}x{card.eval.crop_size}; "
@@ -421,7 +421,8 @@ def main(args) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", help="a resnet50 artifact to serve (default: train one)")
-    p.add_argument("--train-per-class", type=int, default=20, help="Fashion-MNIST images per class to train on")
+    p.add_argument("--train-per-class", type=int, default=60, help="Fashion-MNIST images per class to train on")
+    p.add_argument("--train-epochs", type=int, default=3)
     p.add_argument("--seconds", type=float, default=6, help="length of each throughput measure")
     p.add_argument("--rounds", type=int, default=3, help="measures of each endpoint, taken in turn")
     p.add_argument("--latency-requests", type=int, default=40)
