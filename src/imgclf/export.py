@@ -30,7 +30,9 @@ import ctypes
 import functools
 import logging
 import mmap
+import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -73,8 +75,9 @@ class _StackT(ctypes.Structure):  # <signal.h> stack_t
 
 
 @functools.cache
-def _signal_stack() -> tuple[ctypes.Array, _StackT]:
-    """Anonymous memory for the stack, held (and so mapped) by this cache for the life of the process."""
+def _signal_stack(thread: int) -> tuple[ctypes.Array, _StackT]:
+    """Anonymous memory for one thread's stack, held (and so mapped) by this cache for the life of
+    the process; one per thread, as two threads may handle signals at once."""
     memory = (ctypes.c_char * SIGNAL_STACK_BYTES).from_buffer(mmap.mmap(-1, SIGNAL_STACK_BYTES))
     return memory, _StackT(ctypes.addressof(memory), 0, SIGNAL_STACK_BYTES)
 
@@ -85,8 +88,8 @@ def keep_signal_stack() -> None:
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.sigaltstack(ctypes.byref(_signal_stack()[1]), None) != 0:
-        log.warning("could not set the alternate signal stack: %s", ctypes.get_errno())
+    if libc.sigaltstack(ctypes.byref(_signal_stack(threading.get_ident())[1]), None) != 0:
+        log.warning("could not set the alternate signal stack: %s", os.strerror(ctypes.get_errno()))
 
 
 def to_openvino(model: nn.Module, crop_size: int):
