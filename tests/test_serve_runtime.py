@@ -58,6 +58,14 @@ def test_auto_falls_back_to_openvino_bf16_then_fp32_when_int8_misses_it(exported
         assert choose(model_dir, card, bf16=True).name == "openvino fp32"
 
 
+def test_auto_serves_fp32_when_bf16_fails_to_run(exported, caplog):
+    model_dir, _, card, _ = exported
+    caplog.set_level(logging.INFO)
+    with mock.patch.object(RunnerFactory, "bf16", side_effect=RuntimeError("no bf16 primitives")):
+        assert choose(model_dir, with_int8_agreement(card, top1_agreement=0.5), bf16=True).name == "openvino fp32"
+    assert "bfloat16 failed to run: no bf16 primitives" in caplog.text
+
+
 def test_auto_on_a_torch_artifact_takes_bf16_where_it_agrees(tmp_path, caplog):
     model_dir = make_artifact(tmp_path / "model")
     card = load_card(model_dir)

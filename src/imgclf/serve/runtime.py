@@ -191,8 +191,12 @@ def choose_runner(precision: str, factory: RunnerFactory, probe: torch.Tensor,
     if not bf16_supported(factory.device):
         log.info("precision auto: %s (%s; no bfloat16 on this processor)", fp32.name, reason)
         return fp32
-    bf16 = factory.bf16()
-    agrees, gap = same_answers(fp32(probe), bf16(probe))
+    try:
+        bf16 = factory.bf16()
+        agrees, gap = same_answers(fp32(probe), bf16(probe))
+    except RuntimeError as e:  # e.g. oneDNN capped below the processor's ISA (ONEDNN_MAX_CPU_ISA)
+        log.info("precision auto: %s (%s; bfloat16 failed to run: %s)", fp32.name, reason, str(e).strip()[:300])
+        return fp32
     chosen = bf16 if agrees else fp32
     log.info("precision auto: %s (%s; bfloat16 vs float32 on %d probe images: largest probability gap %.4f, %s)",
              chosen.name, reason, len(probe), gap, "agrees" if agrees else "differs")
