@@ -22,7 +22,7 @@ Prints:
 Throughput figures come from rounds in which the measures take turns, so load from other
 processes on the machine hits them alike.
 
-    .venv/bin/python bench/bench_serve.py                          # ~10 min on 2 cores
+    .venv/bin/python bench/bench_serve.py                          # ~15 min on 2 cores
     .venv/bin/python bench/bench_serve.py --model-dir DIR          # your own resnet50 artifact
     .venv/bin/python bench/bench_serve.py --aws-venv ''            # skip AWS's stack
     .venv/bin/python bench/bench_serve.py --aws-as-shipped         # also AWS's stack without OMP_NUM_THREADS
