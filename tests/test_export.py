@@ -110,7 +110,7 @@ def test_without_openvino_the_artifact_keeps_the_torch_weights_only(tmp_path, mo
 
 def test_signals_are_handled_after_openvino_plugins_went_in_any_order():
     """OpenVINO's CPU plugin leaves the thread on an unmapped alternate signal stack when two
-    plugins go in the order they came; a signal handled then killed the process (SIGSEGV)."""
+    plugins go first in, first out; a signal handled then killed the process (SIGSEGV)."""
     script = (
         "import os, signal, sys, torch; from imgclf import export; "
         "net = export.to_openvino(torch.nn.Conv2d(3, 4, 3), 8); "

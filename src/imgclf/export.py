@@ -17,10 +17,10 @@ Every OpenVINO call that may start its CPU plugin goes through this module, beca
 plugin treats the thread's alternate signal stack (the stack signal handlers run on; Python installs
 its handlers to use it). Each plugin instance (one per `ov.Core` that compiles, NNCF makes several)
 maps a stack of its own for the thread and, when it goes, puts back the one that was current when
-it came, if its own is still current, and unmaps its own. Plugins that go in another order than
-they came leave the thread on an unmapped stack: the next signal handled there (a DataLoader's
-SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are reused, writes its frame
-over the Python heap. `keep_signal_stack` gives the thread a stack of ours for the life of the
+it came, if its own is still current, and unmaps its own. Plugins that go in any order but the
+reverse of the one they came in leave the thread on an unmapped stack: the next signal handled
+there (a DataLoader's SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are
+reused, writes its frame over the Python heap. `keep_signal_stack` gives the thread a stack of ours for the life of the
 process after each such call; no plugin restores over it.
 """
 from __future__ import annotations
