@@ -75,7 +75,7 @@ def test_agreement_counts_top1_matches_and_accuracy(exported):
     _, model, _, valid = exported
 
     class Constant:  # a "compiled model" that always answers class 0
-        def __call__(self, pixels, share_inputs=True):
+        def __call__(self, pixels):
             logits = torch.zeros(len(pixels), 3)
             logits[:, 0] = 1
             return [logits.numpy()]

@@ -20,8 +20,8 @@ maps a stack of its own for the thread and, when it goes, puts back the one that
 it came, if its own is still current, and unmaps its own. Plugins that go in any order but the
 reverse of the one they came in leave the thread on an unmapped stack: the next signal handled
 there (a DataLoader's SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are
-reused, writes its frame over the Python heap. `keep_signal_stack` gives the thread a stack of ours for the life of the
-process after each such call; no plugin restores over it.
+reused, writes its frame over the Python heap. `keep_signal_stack` gives the thread a stack of
+ours for the life of the process after each such call; no plugin restores over it.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def agreement(reference: nn.Module, compiled, validation: Dataset, limit: int = 
     with torch.inference_mode():
         for pixels, labels in pixel_batches(validation, limit):
             fp32 = reference(pixels).argmax(1)
-            other = torch.from_numpy(compiled(pixels.numpy(), share_inputs=False)[0]).argmax(1)
+            other = torch.from_numpy(compiled(pixels.numpy())[0]).argmax(1)
             same += int((fp32 == other).sum())
             correct += int((other == labels).sum())
             correct_fp32 += int((fp32 == labels).sum())

@@ -71,9 +71,7 @@ class OpenVinoRunner:
         self.compiled, self.name = compiled, name
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        # share_inputs=False: a shared input keeps a reference to our array inside OpenVINO, which
-        # releases it later from one of its own threads (seen corrupting the Python heap)
-        logits = self.compiled(np.ascontiguousarray(pixels.numpy(), dtype=np.float32), share_inputs=False)[0]
+        logits = self.compiled(np.ascontiguousarray(pixels.numpy(), dtype=np.float32))[0]
         return torch.from_numpy(logits).float().softmax(dim=1)
 
 
