@@ -192,7 +192,7 @@ def choose_runner(precision: str, factory: RunnerFactory, probe: torch.Tensor,
     try:
         bf16 = factory.bf16()
         agrees, gap = same_answers(fp32(probe), bf16(probe))
-    except RuntimeError as e:  # e.g. oneDNN capped below the processor's ISA (ONEDNN_MAX_CPU_ISA)
+    except RuntimeError as e:  # OpenVINO can lack bf16 kernels (seen with ONEDNN_MAX_CPU_ISA=AVX2: none for max-pool)
         log.info("precision auto: %s (%s; bfloat16 failed to run: %s)", fp32.name, reason, str(e).strip()[:300])
         return fp32
     chosen = bf16 if agrees else fp32
