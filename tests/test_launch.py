@@ -17,7 +17,8 @@ from conftest import make_image_folder
 from moto import mock_aws
 
 from imgclf.contract import UserError
-from imgclf.hpo import BEST_KNOWN, OBJECTIVE_METRIC, SEARCH_SPACE
+from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
+from imgclf.hyperparameters import BEST_KNOWN
 from imgclf.launch import cli, datasets, hosting, session, training, tuning
 from imgclf.metrics import metric_definitions
 

@@ -12,9 +12,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .contract import UserError, decode_value, hyperparameters_to_argv
-from .hpo import BEST_KNOWN
+from .contract import decode_value, hyperparameters_to_argv
+from .names import (DEBUG_SAVE_INTERVAL, MIN_DEBUG_SAVE_INTERVAL, MIN_PROFILER_INTERVAL_MS, PROFILER_INTERVAL_MS,
+                    UserError)
 
+# Best trial of the original project's tuning job (imgclf.hpo's search space): the training defaults.
+BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
 
 
@@ -89,7 +92,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     # debugger and profiler (imgclf.debug)
     Hyperparameter("profiler", bool, True, "system metrics, step timings, profiler rules and the HTML report in "
                    "the output data"),
-    Hyperparameter("profiler-interval-ms", int, 500, "system metrics sampling interval", low=1),
+    Hyperparameter("profiler-interval-ms", int, None, "system metrics sampling interval (default: profilerconfig.json's "
+                   f"ProfilingIntervalInMilliseconds, else {PROFILER_INTERVAL_MS})", low=MIN_PROFILER_INTERVAL_MS),
     Hyperparameter("profiler-trace-steps", str, "", "FIRST-LAST: torch.profiler trace of these training steps "
                    "(counted from 1) in the output data"),
     Hyperparameter("profiler-device-sync", bool, False, "wait for the GPU between step phases, for exact "
@@ -100,7 +104,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    '"StepOutlier": {"stddev": 5}}; false instead of an object leaves a rule out'),
     Hyperparameter("debug-collections", str, "", "smdebug collections to save without a debughookconfig.json, "
                    "e.g. losses,weights,gradients,biases (saved to <output data>/tensors)"),
-    Hyperparameter("debug-save-interval", int, 100, "steps between saved tensors", low=1),
+    Hyperparameter("debug-save-interval", int, DEBUG_SAVE_INTERVAL, "steps between saved tensors",
+                   low=MIN_DEBUG_SAVE_INTERVAL),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
