@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import free_port  # noqa: E402
 
 
 def build(context: Path, tag: str) -> float:
@@ -40,12 +42,6 @@ def rebuild_after_code_change(tag: str) -> float:
         seconds = build(context, tag)
     subprocess.run(["docker", "rmi", tag], check=True, stdout=subprocess.DEVNULL)
     return seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_to_ping(image: str, model_dir: Path) -> float:
