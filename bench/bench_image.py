@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import free_port  # noqa: E402
 
+from imgclf.names import CARD_FILE  # noqa: E402
+
 
 def build(context: Path, tag: str) -> float:
     start = time.perf_counter()
@@ -69,7 +71,7 @@ def main() -> None:
     p.add_argument("--model-dir", type=Path, default=ROOT / "local_test" / "test_dir" / "model")
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    if not (a.model_dir / "model.json").is_file():
+    if not (a.model_dir / CARD_FILE).is_file():
         raise SystemExit(f"no model in {a.model_dir}: run local_test/train_local.sh first")
     cached = build(ROOT, a.image)
     size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", a.image], check=True,
