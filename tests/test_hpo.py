@@ -111,3 +111,13 @@ def test_search_killed_mid_trial_resumes_with_the_same_command(tmp_path, image_f
     assert [t["state"] for t in trials] == ["complete", "fail", "complete", "complete"]
     assert trials[2]["params"] == trials[1]["params"]  # the interrupted point, run again
     assert "estimator.set_hyperparameters(**{" in out
+
+
+def test_every_pruner_name_builds_its_pruner():
+    from imgclf.hpo.study import make_pruner
+    from imgclf.names import PRUNERS
+
+    kinds = {name: type(make_pruner(name, epochs=3)).__name__ for name in PRUNERS}
+    assert kinds == {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
+    with pytest.raises(UserError, match="unknown pruner 'slow'"):
+        make_pruner("slow", epochs=3)

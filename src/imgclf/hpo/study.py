@@ -11,19 +11,27 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from .. import hyperparameters
-from ..names import UserError
+from ..names import PRUNERS, UserError
 from . import OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_ONLY
 
 STUDY_NAME = "imgclf"
 STUDY_FILE = "study.journal"
 
 
+# one builder per name of names.PRUNERS (a test checks that they match)
+PRUNER_BUILDERS = {
+    # stop a trial whose epoch is below the median of earlier trials at that epoch
+    "median": lambda epochs: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    "hyperband": lambda epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs),
+                                                               reduction_factor=3),
+    "none": lambda epochs: optuna.pruners.NopPruner(),
+}
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":  # stop a trial whose epoch is below the median of earlier trials at that epoch
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
-    return optuna.pruners.NopPruner()
+    if name not in PRUNER_BUILDERS:
+        raise UserError(f"unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
+    return PRUNER_BUILDERS[name](epochs)
 
 
 def _storage(output: Path) -> JournalStorage:
