@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local_test"))
 from make_sample_data import write_sample
 
 from imgclf.hpo import OBJECTIVE_METRIC, search
+from imgclf.hpo.study import summary
 from imgclf.hpo.progress import Progress
 
 
@@ -38,7 +39,7 @@ def tune(data: Path, out: Path, *, trials: int, fixed: dict, features: bool, pru
     start = time.perf_counter()
     best = search.run(s, Progress(trials, metric=OBJECTIVE_METRIC, epochs=s.epochs, stream=log, live=False))
     seconds = time.perf_counter() - start
-    pruned = sum(t["state"] == "pruned" for t in search.summary(out))
+    pruned = sum(t["state"] == "pruned" for t in summary(out))
     label = f"{'cached' if features else 'naive'}{'' if pruner == 'none' else '+' + pruner}"
     print(f"{label}: {seconds:.1f} s, best {OBJECTIVE_METRIC}={best['objective']['value']:.4f}, "
           f"{pruned} pruned", flush=True)

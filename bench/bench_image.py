@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import free_port  # noqa: E402
+
+from imgclf.names import CARD_FILE  # noqa: E402
 
 
 def build(context: Path, tag: str) -> float:
@@ -40,12 +44,6 @@ def rebuild_after_code_change(tag: str) -> float:
         seconds = build(context, tag)
     subprocess.run(["docker", "rmi", tag], check=True, stdout=subprocess.DEVNULL)
     return seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def time_to_ping(image: str, model_dir: Path) -> float:
@@ -73,7 +71,7 @@ def main() -> None:
     p.add_argument("--model-dir", type=Path, default=ROOT / "local_test" / "test_dir" / "model")
     p.add_argument("--runs", type=int, default=3)
     a = p.parse_args()
-    if not (a.model_dir / "model.json").is_file():
+    if not (a.model_dir / CARD_FILE).is_file():
         raise SystemExit(f"no model in {a.model_dir}: run local_test/train_local.sh first")
     cached = build(ROOT, a.image)
     size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", a.image], check=True,

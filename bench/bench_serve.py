@@ -43,7 +43,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,9 @@ from pathlib import Path
 
 import psutil
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import free_port  # noqa: E402
 
 # the raw forward runs as the server's workers do (server.py sets this for them); before torch loads
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
@@ -166,12 +168,6 @@ class RawForward:
 
     def close(self) -> None:
         self.pipe.send(None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Endpoint:

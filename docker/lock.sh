@@ -3,7 +3,7 @@
 # installs, pinned, each with the SHA-256 hashes of its files on PyPI, so the build installs with
 # `pip install --require-hashes` and nothing else. Run it after changing a pin:
 #
-#   docker/lock.sh                      # about 1-2 minutes; needs PyPI, not Docker
+#   docker/lock.sh                      # needs PyPI, not Docker (its time: README, Security)
 #   INDEX_URL=https://mirror.example/simple docker/lock.sh
 #
 # It resolves for Linux x86_64 with this machine's python3 (use the image's version: 3.11 on

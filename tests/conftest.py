@@ -37,6 +37,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def load_artifact(model_dir: Path):
+    """The network (eval mode) and card of a model artifact, rebuilt as serving does."""
+    import torch
+
+    from imgclf.model import create_model, load_card
+    from imgclf.names import WEIGHTS_FILE
+
+    card = load_card(model_dir)
+    model = create_model(card.arch, len(card.classes))
+    model.load_state_dict(torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval(), card
+
+
 def docker_available() -> bool:
     if not shutil.which("docker"):
         return False

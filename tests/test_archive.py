@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from imgclf.archive import UnsafeArchive, safe_extract
+from imgclf.archive import UnsafeArchive, packed_model, safe_extract
 
 
 def make_tar(path, members):
@@ -53,7 +53,12 @@ def test_not_an_archive(tmp_path):
         safe_extract(tmp_path / "model.tar.gz", tmp_path / "out")
 
 
-def test_the_artifact_marker_is_the_model_card():
-    from imgclf import archive, model
+def test_a_folder_is_packed_until_the_model_writes_its_card(tmp_path):
+    from imgclf.model import ModelCard, write_card
+    from imgclf.presets import EvalSettings
 
-    assert archive.CARD_FILE == model.CARD_FILE
+    archive = make_tar(tmp_path / "model.tar.gz", [({"name": "weights"}, b"0")])
+    assert packed_model(tmp_path) == archive  # only the archive: serving extracts it
+    write_card(tmp_path, ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32)))
+    assert packed_model(tmp_path) is None  # an extracted artifact beside a stray archive is used as it is
+    assert packed_model(tmp_path / "empty") is None

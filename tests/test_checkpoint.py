@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import load_artifact, make_image_folder
 from test_train import job_env, train_cli
 
 from imgclf import model as models
@@ -150,5 +150,5 @@ def test_sigterm_at_random_steps_repeated_ends_at_the_same_epoch_count(tmp_path)
     assert proc.returncode == 0, f"seed {seed}:\n{out}"
     epochs = [h["epoch"] for h in json.loads((env.output_data_dir / "metrics.json").read_text()) if "epoch" in h]
     assert epochs == [1, 2, 3], f"seed {seed}, {interrupted} interruptions"
-    net, card = models.load_artifact(env.model_dir)
+    net, card = load_artifact(env.model_dir)
     assert card.classes == ("blue", "green", "red") and net(torch.zeros(1, 3, 32, 32)).shape == (1, 3)

@@ -8,6 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import load_artifact
 from test_train import job_env
 
 from imgclf import features
@@ -39,7 +40,7 @@ def test_head_on_cached_features_matches_training_through_the_backbone(tmp_path,
     assert (cached.checkpoint_dir / "features" / features.MANIFEST).is_file()
 
     # the artifact is the whole network: the backbone as loaded, the head as trained on features
-    net, card = models.load_artifact(cached.model_dir)
+    net, card = load_artifact(cached.model_dir)
     imagenet = torch.load(models.find_imagenet_weights("efficientnet_lite0", None), weights_only=True)
     assert torch.equal(net._conv_stem.weight, imagenet["_conv_stem.weight"])
     ds = ImageFolderDataset(image_folders / "test", card.classes, ClassificationPresetEval.from_settings(card.eval))
@@ -89,7 +90,7 @@ def test_features_channel_replaces_the_images_and_is_checked(tmp_path, image_fol
     trial.channels = {"features": channel}
     assert run(trial) == 0
     assert "test_acc" in history(trial)[-1]
-    assert models.load_artifact(trial.model_dir)[1].classes == ("blue", "green", "red")
+    assert load_artifact(trial.model_dir)[1].classes == ("blue", "green", "red")
 
     other = job_env(tmp_path / "other", image_folders, **{**LITE, "image-size": "48"}, features="true")
     other.channels["features"] = extract.model_dir
@@ -101,3 +102,15 @@ def test_features_channel_replaces_the_images_and_is_checked(tmp_path, image_fol
     fewer.channels["features"] = extract.model_dir
     with pytest.raises(UserError, match="other train images"):
         run(fewer)
+
+
+def test_a_features_archive_with_a_link_is_refused(tmp_path):
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        link = tarfile.TarInfo("manifest.json")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(UserError, match="model.tar.gz: 'manifest.json' is a link"):
+        features.open_channel(channel, tmp_path / "scratch")
+    assert not (tmp_path / "scratch" / "manifest.json").exists()

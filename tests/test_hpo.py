@@ -12,6 +12,7 @@ import pytest
 
 from imgclf.contract import UserError
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE, search
+from imgclf.hpo.study import summary
 from imgclf.hpo.progress import Progress
 
 FIXED = {"arch": "efficientnet_lite0", "image-size": "32", "epochs": "2", "num-workers": "0"}
@@ -86,7 +87,7 @@ def test_search_with_cached_features_writes_best_and_resumes_without_redoing(tmp
 
 
 def test_search_killed_mid_trial_resumes_with_the_same_command(tmp_path, image_folders):
-    command = [sys.executable, "-m", "imgclf.hpo.search", "--data", str(image_folders), "--output",
+    command = [sys.executable, "-m", "imgclf.hpo.cli", "--data", str(image_folders), "--output",
                str(tmp_path / "out"), "--trials", "3", "--pruner", "none", "--no-features",
                *[a for k, v in {**FIXED, "epochs": "3"}.items() for a in (f"--{k}", v)]]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -106,7 +107,17 @@ def test_search_killed_mid_trial_resumes_with_the_same_command(tmp_path, image_f
     assert "trial 2 was interrupted: running it again" in out
     assert "resuming: 1 of 3 trials already finished" in out
     assert "trial 1/3" not in out  # the finished trial is not trained again
-    trials = search.summary(tmp_path / "out")
+    trials = summary(tmp_path / "out")
     assert [t["state"] for t in trials] == ["complete", "fail", "complete", "complete"]
     assert trials[2]["params"] == trials[1]["params"]  # the interrupted point, run again
     assert "estimator.set_hyperparameters(**{" in out
+
+
+def test_every_pruner_name_builds_its_pruner():
+    from imgclf.hpo.study import make_pruner
+    from imgclf.names import PRUNERS
+
+    kinds = {name: type(make_pruner(name, epochs=3)).__name__ for name in PRUNERS}
+    assert kinds == {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
+    with pytest.raises(UserError, match="unknown pruner 'slow'"):
+        make_pruner("slow", epochs=3)

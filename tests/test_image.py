@@ -22,9 +22,9 @@ import pytest
 import requests
 import torch
 import torchvision
-from conftest import ROOT, free_port, make_image_folder
+from conftest import ROOT, free_port, load_artifact, make_image_folder
 
-from imgclf.model import create_model, find_imagenet_weights, load_artifact, load_backbone
+from imgclf.model import create_model, find_imagenet_weights, load_backbone
 
 CLASSES = ["blue", "green", "red"]
 TINY_JOB = {"arch": "resnet18", "pretrained": "false", "epochs": "1", "image-size": "32", "batch-size": "8",

@@ -17,8 +17,9 @@ from conftest import make_image_folder
 from moto import mock_aws
 
 from imgclf.contract import UserError
-from imgclf.hpo import BEST_KNOWN, OBJECTIVE_METRIC, SEARCH_SPACE
-from imgclf.launch import cli, datasets, hosting, session, training, tuning
+from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
+from imgclf.hyperparameters import BEST_KNOWN
+from imgclf.launch import cli, datasets, hosting, options, session, training, tuning
 from imgclf.metrics import metric_definitions
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgclf:latest"
@@ -326,7 +327,7 @@ def test_warm_start_from_earlier_tuning_jobs(aws, sent):
 
 def test_tuning_on_a_features_channel_sends_no_images(aws, sent, cli_env, capsys, monkeypatch):
     """Every trial of a frozen backbone trains only the head on the features `imgclf features` computed."""
-    monkeypatch.setattr(cli, "_target", lambda args: aws)  # the session whose requests `sent` records
+    monkeypatch.setattr(options, "target", lambda args: aws)  # the session whose requests `sent` records
     boto3.client("s3").create_bucket(Bucket="out")
     features = "s3://out/features/imgclf-features-1/output/model.tar.gz"
     cli.main(["tune", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--features", features,
@@ -341,7 +342,7 @@ def test_tuning_on_a_features_channel_sends_no_images(aws, sent, cli_env, capsys
 
 
 def test_features_command_starts_an_extract_features_job(aws, sent, cli_env, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    monkeypatch.setattr(options, "target", lambda args: aws)
     boto3.client("s3").create_bucket(Bucket="out")
     cli.main(["features", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1",
               "--training", "s3://data/dogs/train", "--arch", "resnet50", "--no-wait", "--output-path", "s3://out/f"])
@@ -360,13 +361,13 @@ def test_best_json_round_trip_and_final_training(tmp_path, monkeypatch):
     path = tuning.write_best(best.to_json(), tmp_path / "best.json")
     assert tuning.read_best(path) == {"epochs": 3, "batch-size": 128, "lr": 0.02}
 
-    monkeypatch.setenv(cli.IMAGE_URI_ENV, IMAGE)
+    monkeypatch.setenv(options.IMAGE_URI_ENV, IMAGE)
     target = session.local_target(tmp_path)
     args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--momentum", "0.5"])
-    assert cli._job_spec(args, target).hyperparameters == {"epochs": 15, "batch-size": 128, "lr": 0.02,
+    assert options.job_spec(args, target).hyperparameters == {"epochs": 15, "batch-size": 128, "lr": 0.02,
                                                           "momentum": "0.5"}
     args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--epochs", "4"])
-    assert cli._job_spec(args, target).hyperparameters["epochs"] == "4"
+    assert options.job_spec(args, target).hyperparameters["epochs"] == "4"
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(UserError, match="not a best-trial file"):
         tuning.read_best(tmp_path / "bad.json")
@@ -473,15 +474,15 @@ def test_transform_job_request_on_aws(aws):
 
 
 def test_cli_sends_only_given_hyperparameters(tmp_path, image_folders, monkeypatch):
-    monkeypatch.setenv(cli.IMAGE_URI_ENV, "imgclf:test")
+    monkeypatch.setenv(options.IMAGE_URI_ENV, "imgclf:test")
     args = cli.get_args_parser().parse_args(
         ["train", "--local", "--data", str(image_folders), "--epochs", "2", "--batch-size", "8",
          "--pretrained", "false", "--local-root", str(tmp_path)])
     target = session.local_target(tmp_path)
-    spec = cli._job_spec(args, target)
+    spec = options.job_spec(args, target)
     assert spec.hyperparameters == {"epochs": "2", "batch-size": "8", "pretrained": "false"}
     assert spec.output_path == (tmp_path / "imgclf-output").resolve().as_uri()
-    assert cli._inputs(args, target) == {"training": (image_folders / "train").resolve().as_uri(),
+    assert options.inputs(args, target) == {"training": (image_folders / "train").resolve().as_uri(),
                                          "validation": (image_folders / "valid").resolve().as_uri(),
                                          "test": (image_folders / "test").resolve().as_uri()}
 

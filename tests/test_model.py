@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from conftest import load_artifact
 
 from imgclf import model as models
 from imgclf.presets import EvalSettings
@@ -82,7 +83,7 @@ def test_freeze_trains_head_only_and_fixes_batchnorm_stats():
 def test_artifact_round_trip_gives_same_predictions(tmp_path):
     net = models.create_model("resnet18", 3).eval()
     models.save_artifact(tmp_path, net, card())
-    loaded, loaded_card = models.load_artifact(tmp_path)
+    loaded, loaded_card = load_artifact(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), loaded(x))
@@ -95,10 +96,10 @@ def test_artifact_round_trip_gives_same_predictions(tmp_path):
 
 def test_missing_or_future_artifact_is_a_model_error(tmp_path):
     with pytest.raises(models.ModelError, match="not a model artifact"):
-        models.load_artifact(tmp_path)
+        models.load_card(tmp_path)
     (tmp_path / "model.json").write_text(json.dumps({**card().to_dict(), "format_version": 99}))
     with pytest.raises(models.ModelError, match="format_version"):
-        models.load_artifact(tmp_path)
+        models.load_card(tmp_path)
 
 
 @pytest.fixture

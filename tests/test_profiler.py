@@ -8,6 +8,7 @@ import pytest
 from test_train import job_env
 
 from imgclf.contract import UserError
+from imgclf.names import PROFILER_INTERVAL_MS
 from imgclf.debug import monitor
 from imgclf.debug.jobdata import JobData
 from imgclf.debug.rules import VanishingGradient
@@ -108,14 +109,16 @@ def test_profilerconfig_json_sets_interval_and_trace_window(tmp_path):
     assert (s.interval_ms, s.trace_steps) == (200, (6, 8))  # Debugger counts steps from 0, the job from 1
     s = settings(tmp_path, {"profiler-interval-ms": "1000", "profiler-trace-steps": "2-4"}, profiler_config=sagemaker)
     assert (s.interval_ms, s.trace_steps) == (1000, (2, 4))  # hyperparameters win
+    s = settings(tmp_path, {"profiler-interval-ms": "500"}, profiler_config=sagemaker)
+    assert s.interval_ms == 500  # given explicitly, the default's value still wins over the file
     plain = settings(tmp_path / "no-file")
-    assert (plain.interval_ms, plain.trace_steps) == (500, None)
+    assert (plain.interval_ms, plain.trace_steps) == (PROFILER_INTERVAL_MS, None)
 
 
 @pytest.mark.parametrize("hps, message", [
     ({"profiler-trace-steps": "5-2"}, "profiler-trace-steps='5-2'"),
     ({"profiler-trace-steps": "steps"}, "FIRST-LAST"),
-    ({"profiler-interval-ms": "10"}, "below 50"),
+    ({"profiler-interval-ms": "10"}, r"profiler-interval-ms=10 is out of range \[50, inf\)"),
 ])
 def test_bad_profiler_hyperparameters(tmp_path, hps, message):
     with pytest.raises(UserError, match=message):

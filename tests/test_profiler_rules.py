@@ -1,4 +1,5 @@
 """Profiler rules on hand-made step timings and system samples, and the system sampler itself."""
+import logging
 import time
 
 import pytest
@@ -151,3 +152,33 @@ def test_system_monitor_samples_cpu_memory_and_io_on_a_thread():
     assert samples.gpu[-1] == []  # no GPU asked for
     time.sleep(0.2)
     assert len(samples) == n  # stopped
+
+
+def _nvml_driver() -> bool:
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+def test_gpu_metrics_come_from_nvml_or_a_warning(caplog):
+    """With an NVIDIA driver: one utilisation and memory value per GPU; without: one warning, CPU samples go on."""
+    import torch
+
+    driver = _nvml_driver()
+    gpus = torch.cuda.device_count() if driver else 1
+    samples = SystemSamples()
+    with caplog.at_level(logging.WARNING, logger="imgclf.profiler"):
+        monitor = SystemMonitor(samples, interval_ms=50, gpus=gpus).start()
+    time.sleep(0.4)
+    monitor.stop()
+    assert len(samples) >= 3
+    if driver:
+        assert len(samples.gpu[-1]) == len(samples.gpu_memory[-1]) == gpus
+        assert all(0 <= v <= 100 for v in samples.gpu[-1] + samples.gpu_memory[-1])
+    else:
+        assert monitor.gpu is None and "no GPU metrics: NVML is not available" in caplog.text
+        assert samples.gpu[-1] == []

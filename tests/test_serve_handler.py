@@ -10,7 +10,7 @@ from PIL import Image
 from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
 from test_export import exported  # noqa: F401  (fixture: an artifact with its OpenVINO formats)
 
-from imgclf.model import load_artifact
+from imgclf.model import load_card
 from imgclf.presets import ClassificationPresetEval
 from imgclf.serve.environment import ServingEnvironment
 from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
@@ -39,7 +39,7 @@ def run(handler, bodies, headers):
 
 
 def test_preprocessing_comes_from_the_artifact(handler, model_dir):
-    _, card = load_artifact(model_dir)
+    card = load_card(model_dir)
     batch = handler.preprocess([{"body": jpeg(size=(300, 200))}], MockContext(model_dir, [{"Content-Type": "image/jpeg"}]))
     assert batch.pixels.shape == (1, 3, card.eval.crop_size, card.eval.crop_size)
     img = Image.open(io.BytesIO(jpeg(size=(300, 200)))).convert("RGB")

@@ -5,10 +5,10 @@ import os
 import tarfile
 
 import pytest
+from conftest import load_artifact
 from serve_support import make_artifact
 
 from imgclf.archive import UnsafeArchive
-from imgclf.model import load_artifact
 from imgclf.serve import privileges
 from imgclf.serve.privileges import serving_user, stage_model
 

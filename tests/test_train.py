@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, make_image_folder
+from conftest import free_port, load_artifact, make_image_folder
 
 from imgclf import model as models
 from imgclf.contract import TrainingEnvironment, UserError
@@ -65,7 +65,7 @@ def test_trains_and_writes_an_artifact_that_reproduces_test_accuracy(tmp_path, i
     assert [h.get("epoch") for h in history[:2]] == [1, 2]
     test_acc = history[-1]["test_acc"]
 
-    net, card = models.load_artifact(env.model_dir)
+    net, card = load_artifact(env.model_dir)
     assert card.classes == ("blue", "green", "red") and card.arch == "resnet18"
     ds = ImageFolderDataset(image_folders / "test", card.classes, ClassificationPresetEval.from_settings(card.eval))
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_transfer_from_pretrained_channel_with_frozen_backbone(tmp_path, image_f
     env = job_env(tmp_path, image_folders, pretrained="true", freeze="true", epochs="1")
     env.channels["pretrained"] = tmp_path / "pretrained"
     assert run(env) == 0
-    net, _ = models.load_artifact(env.model_dir)
+    net, _ = load_artifact(env.model_dir)
     assert torch.equal(net.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)  # frozen: unchanged
     assert not torch.equal(net.fc.weight[:, :8], backbone.fc.weight[:3, :8])
 
@@ -172,5 +172,5 @@ def test_two_processes_train_with_ddp_on_cpu(tmp_path, image_folders):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "rank 0 of 2 (gloo)" in outs[0] and "rank 1 of 2 (gloo)" in outs[1]
     assert "epoch=2 train_loss" in outs[0] and "train_loss" not in outs[1]  # rank 0 reports the reduced metrics
-    net, card = models.load_artifact(env.model_dir)
+    net, card = load_artifact(env.model_dir)
     assert card.classes == ("blue", "green", "red")

@@ -11,8 +11,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-MODEL_ARCHIVE = "model.tar.gz"
-CARD_FILE = "model.json"  # model.CARD_FILE, named again so that the serving front does not load torch
+from .names import CARD_FILE, MODEL_ARCHIVE
 
 
 class UnsafeArchive(ValueError):

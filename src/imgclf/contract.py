@@ -15,17 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .names import CHANNELS, UserError  # UserError is also imported from here by the training modules
+
 log = logging.getLogger(__name__)
 
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 DEFAULT_BASE_DIR = "/opt/ml"
-CHANNELS = ("training", "validation", "test", "pretrained", "features")  # features: features.py
 # Hyperparameters SageMaker itself adds (SDK script mode, tuning jobs); not ours to parse.
 RESERVED_PREFIXES = ("sagemaker_", "_")
-
-
-class UserError(Exception):
-    """A fault in what the user supplied (data, hyperparameters): reported as such, exit code 2."""
 
 
 @dataclass

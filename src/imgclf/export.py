@@ -13,26 +13,13 @@ accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
 torch weights, with one log line.
 
-Every OpenVINO call that may start its CPU plugin goes through this module, because of how that
-plugin treats the thread's alternate signal stack (the stack signal handlers run on; Python installs
-its handlers to use it). Each plugin instance (one per `ov.Core` that compiles, NNCF makes several)
-maps a stack of its own for the thread and, when it goes, puts back the one that was current when
-it came, if its own is still current, and unmaps its own. Plugins that go in any order but the
-reverse of the one they came in leave the thread on an unmapped stack: the next signal handled
-there (a DataLoader's SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are
-reused, writes its frame over the Python heap. `keep_signal_stack` gives the thread a stack of
-ours for the life of the process after each such call; no plugin restores over it.
+Every OpenVINO call that may start its CPU plugin goes through this module and is followed by
+`signalstack.keep_signal_stack()`: see signalstack.py for why.
 """
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import logging
-import mmap
-import os
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,6 +33,7 @@ from torch.utils.data import Dataset, Subset
 
 from .data import make_loader
 from .model import Agreement, ModelCard, ServingFormat, write_card
+from .signalstack import keep_signal_stack
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +43,6 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the 
 FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
-SIGNAL_STACK_BYTES = 256 * 1024  # room for a signal frame with AMX state (about 11 KB) and the handler
 
 
 def openvino_available(calibration: bool = False) -> bool:
@@ -68,28 +55,6 @@ def openvino_available(calibration: bool = False) -> bool:
     except ImportError:
         return False
     return True
-
-
-class _StackT(ctypes.Structure):  # <signal.h> stack_t
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-@functools.cache
-def _signal_stack(thread: int) -> tuple[ctypes.Array, _StackT]:
-    """Anonymous memory for one thread's stack, held (and so mapped) by this cache for the life of
-    the process; one per thread, as two threads may handle signals at once."""
-    memory = (ctypes.c_char * SIGNAL_STACK_BYTES).from_buffer(mmap.mmap(-1, SIGNAL_STACK_BYTES))
-    return memory, _StackT(ctypes.addressof(memory), 0, SIGNAL_STACK_BYTES)
-
-
-def keep_signal_stack() -> None:
-    """Put the calling thread on an alternate signal stack that lives as long as the process (see
-    the module's docstring); a no-op off Linux."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.sigaltstack(ctypes.byref(_signal_stack(threading.get_ident())[1]), None) != 0:
-        log.warning("could not set the alternate signal stack: %s", os.strerror(ctypes.get_errno()))
 
 
 def to_openvino(model: nn.Module, crop_size: int):

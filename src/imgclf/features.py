@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from . import model as models
+from .archive import UnsafeArchive, safe_extract
 from .contract import TrainingEnvironment, UserError
 from .data import make_loader
 
@@ -171,8 +171,10 @@ def open_channel(channel: Path, scratch: Path) -> FeatureSet:
     if not sets and len(archives) == 1:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
-        with tarfile.open(archives[0]) as tar:
-            tar.extractall(scratch, filter="data")  # no absolute paths, links or devices
+        try:
+            safe_extract(archives[0], scratch)
+        except UnsafeArchive as e:
+            raise UserError(f"the features channel's {archives[0].name}: {e}") from None
         found = load(scratch)
         if found:
             return found

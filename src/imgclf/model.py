@@ -27,12 +27,11 @@ from torch import nn
 
 from . import __version__
 from .hyperparameters import ARCHS
+from .names import CARD_FILE, WEIGHTS_FILE
 from .presets import EvalSettings
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "model.pt"
-CARD_FILE = "model.json"
 FORMAT_VERSION = 1
 # Where the image keeps ImageNet weights baked in at build time, one `<arch>.pth` each.
 WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
@@ -281,12 +280,3 @@ def load_card(model_dir: Path) -> ModelCard:
     except FileNotFoundError:
         raise ModelError(f"no {CARD_FILE} in {model_dir}: not a model artifact") from None
 
-
-def load_artifact(model_dir: Path, map_location="cpu") -> tuple[nn.Module, ModelCard]:
-    """The network in eval mode and its card, from a model dir that `save_artifact` wrote."""
-    model_dir = Path(model_dir)
-    card = load_card(model_dir)
-    model = create_model(card.arch, len(card.classes))
-    state = torch.load(model_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
-    return model.eval(), card

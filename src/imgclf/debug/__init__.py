@@ -3,9 +3,12 @@
     tensors.py          smdebug hook: losses, weights, gradients, biases saved where
                         debughookconfig.json (or a hyperparameter) says; never stops training
     jobdata.py          what one process observed: step timings, losses, system samples, epochs
-    system.py           system metrics sampled on a thread (psutil; GPUs through nvidia-smi)
+    system.py           system metrics sampled on a thread (psutil; GPUs through NVML)
     rules.py            the rule base and the training rules (VanishingGradient, Overfit, ...)
     profiler_rules.py   the profiler rules (StepOutlier, CPUBottleneck, ...) on timings and samples
+    settings.py         what the monitor is asked for: hyperparameters, then profilerconfig.json
+    statistics.py       gradient and activation statistics that the training rules read
+    trace.py            a torch.profiler trace of a window of steps
     monitor.py          the callback that collects, evaluates the rules and writes the report
     report.py           the self-contained HTML report, and `imgclf-report OUTPUT_DIR`
     charts.py           inline SVG charts for the report

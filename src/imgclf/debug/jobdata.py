@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..names import PROFILER_INTERVAL_MS
+
 STEP_PHASES = ("data", "forward", "backward", "optimizer")
-SYSTEM_METRICS = ("cpu", "memory", "iowait", "disk_read_mb_s", "disk_write_mb_s", "net_recv_mb_s", "net_sent_mb_s")
 
 
 @dataclass
@@ -66,7 +67,7 @@ class JobData:
     loop_start: float | None = None  # first training step began
     loop_end: float | None = None  # last training step ended
     end: float | None = None  # the job's work was done (artifact written)
-    interval_ms: int = 500
+    interval_ms: int = PROFILER_INTERVAL_MS
     steps: Steps = field(default_factory=Steps)
     losses: list[float] = field(default_factory=list)  # training loss per step
     epochs: list[dict] = field(default_factory=list)  # the epoch metric lines

@@ -1,10 +1,10 @@
 """The callback that watches a training job for the rules and the report.
 
 It records each step's timings and loss, samples system metrics on a thread, collects the
-gradient and activation statistics the training rules need, evaluates every rule each
-`CHECK_INTERVAL` steps and after each epoch (verdicts in the log as they fire), and at the end
-writes `profile-<host>-rank<r>.json` and, on the main process, the HTML report into the output
-data dir. It never stops training: a failure inside it is logged once and turns it off.
+gradient and activation statistics the training rules need (statistics.py), evaluates every rule
+each `CHECK_INTERVAL` steps and after each epoch (verdicts in the log as they fire), and at the
+end writes `profile-<host>-rank<r>.json` and, on the main process, the HTML report into the
+output data dir. It never stops training: a failure inside it is logged once and turns it off.
 
 Cost per step: a few list appends; every CHECK_INTERVAL steps one read of the buffered losses
 (one device sync), the mean |gradient| of each trainable tensor and the rules.
@@ -14,25 +14,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..callbacks import Callback
-from ..contract import UserError
+from ..names import cpu_count
 from . import report
 from .jobdata import JobData
-from .profiler_rules import PROFILER_RULES
-from .rules import TRAINING_RULES, PoorWeightInitialization, build_rules, parse_rule_parameters
+from .rules import PoorWeightInitialization
+from .settings import MonitorSettings
+from .statistics import ActivationVariances, record_gradients
 from .tensors import HookSettings, TensorSaver
+from .trace import DEBUG_DIR, StepTrace
 
 log = logging.getLogger("imgclf.profiler")
 
 CHECK_INTERVAL = 10  # steps between rule evaluations
-PROFILER_CONFIG_FILE = "profilerconfig.json"
-DEBUG_DIR = "debug"  # under the output data dir: profiles and traces
-GRADIENT_SAMPLE = 100_000  # gradient values kept for the percentile range
 
 
 def callbacks(args, env) -> list[Callback]:
@@ -45,81 +41,6 @@ def callbacks(args, env) -> list[Callback]:
     if settings.profiler or settings.rules:
         out.append(Monitor(settings))
     return out
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    output_data_dir: Path
-    profiler: bool = True  # system metrics and step timings
-    rules: bool = True
-    rule_parameters: tuple = ()  # ((rule name, {param: value} or False), ...)
-    interval_ms: int = 500
-    trace_steps: tuple[int, int] | None = None  # first and last global step traced with torch.profiler
-    device_sync: bool = False
-
-    @classmethod
-    def from_job(cls, args, env) -> MonitorSettings:
-        """Hyperparameters, with profilerconfig.json's interval and detailed-profiling window when the
-        hyperparameters leave them at their defaults."""
-        known = {c.name for c in TRAINING_RULES + PROFILER_RULES}
-        overrides = parse_rule_parameters(args.rule_parameters, known)
-        interval, trace = args.profiler_interval_ms, parse_trace_steps(args.profiler_trace_steps)
-        file_interval, file_trace = _read_profiler_config(getattr(env, "config_dir", None))
-        if interval == 500 and file_interval:
-            interval = file_interval
-        trace = trace or file_trace
-        if interval < 50:
-            raise UserError(f"bad hyperparameter: profiler-interval-ms={interval} is below 50")
-        settings = cls(output_data_dir=env.output_data_dir, profiler=args.profiler, rules=args.rules,
-                       rule_parameters=tuple(overrides.items()), interval_ms=interval, trace_steps=trace,
-                       device_sync=args.profiler_device_sync)
-        settings.build_rules()  # a bad parameter fails the job before training
-        return settings
-
-    def build_rules(self):
-        overrides = dict(self.rule_parameters)
-        rules = build_rules(PROFILER_RULES, overrides) if self.profiler else []
-        return (build_rules(TRAINING_RULES, overrides) if self.rules else []) + rules
-
-
-def parse_trace_steps(text) -> tuple[int, int] | None:
-    """`profiler-trace-steps`: "FIRST-LAST" (global training steps, from 1) or "" for none."""
-    text = str(text or "").strip()
-    if not text:
-        return None
-    try:
-        first, _, last = text.partition("-")
-        span = int(first), int(last or first)
-    except ValueError:
-        span = (0, 0)
-    if not 1 <= span[0] <= span[1]:
-        raise UserError(f"bad hyperparameter: profiler-trace-steps={text!r}, expected FIRST-LAST such as 5-7")
-    return span
-
-
-def _read_profiler_config(config_dir) -> tuple[int | None, tuple[int, int] | None]:
-    """(interval ms, traced steps) from SageMaker's profilerconfig.json; its keys in any case."""
-    path = Path(config_dir) / PROFILER_CONFIG_FILE if config_dir else None
-    if path is None or not path.is_file():
-        return None, None
-    try:
-        config = _lower_keys(json.loads(path.read_text()))
-        params = _lower_keys(config.get("profilingparameters"))
-        interval = params.get("profilingintervalinmilliseconds") or config.get("profilingintervalinmilliseconds")
-        detailed = params.get("detailedprofilingconfig")
-        detailed = _lower_keys(json.loads(detailed) if isinstance(detailed, str) else detailed or {})
-        trace = None
-        if "startstep" in detailed:
-            first = int(detailed["startstep"]) + 1  # Debugger counts steps from 0
-            trace = (first, first + int(detailed.get("numsteps", 1)) - 1)
-        return (int(interval) if interval else None), trace
-    except (ValueError, TypeError, AttributeError) as e:
-        log.warning("ignoring %s: %s", path, e)
-        return None, None
-
-
-def _lower_keys(d):
-    return {str(k).lower(): v for k, v in d.items()} if isinstance(d, dict) else {}
 
 
 def _safe(method):
@@ -148,14 +69,11 @@ class Monitor(Callback):
         self.rules = settings.build_rules()
         self.data = JobData(start=_process_start(), interval_ms=settings.interval_ms)
         self.system = None
-        self.trace = None
+        self.trace: StepTrace | None = None
+        self.activations: ActivationVariances | None = None
         self._model = None
-        self._device = None
         self._losses = []  # loss tensors not read yet (reading one syncs the device)
         self._global_step = 0
-        self._activation_hooks = []
-        self._step_variances: dict[str, float] = {}
-        self._evaluating = False  # in a validation or test pass (a frozen backbone is in eval mode throughout)
         self._poor_init = next((r for r in self.rules if isinstance(r, PoorWeightInitialization)), None)
         self._topology = None
 
@@ -165,65 +83,51 @@ class Monitor(Callback):
     def on_train_begin(self, job):
         import torch
 
-        self._model, self._device, self._topology = job.model, job.device, job.topology
+        self._model, self._topology = job.model, job.topology
         d = self.data
         d.host, d.rank, d.world_size = job.env.current_host, job.topology.rank, job.topology.world_size
-        d.cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        d.cpus = cpu_count()
         d.gpus = torch.cuda.device_count() if job.device.type == "cuda" else 0
         if self.settings.profiler:
             from .system import SystemMonitor
 
             self.system = SystemMonitor(d.system, self.settings.interval_ms, d.gpus).start()
         if self._poor_init is not None:
-            self._hook_activations(job.model, self._poor_init.activation_inputs_regex)
+            self.activations = ActivationVariances(job.model, self._poor_init.activation_inputs_regex)
         if self.settings.trace_steps and self.settings.trace_steps[0] == 1:
-            self._start_trace()
+            self.trace = StepTrace(d.gpus)
 
     @_safe
     def on_step_end(self, record):
-        now = time.time()
         self._global_step += 1
         n = self._global_step
-        d, s = self.data, self.data.steps
-        if d.loop_start is None:
-            d.loop_start = now - record.total_s
-        d.loop_end = now
-        s.epoch.append(record.epoch)
-        s.step.append(n)
-        s.end.append(now)
-        s.batch_size.append(record.batch_size)
-        s.data.append(record.data_s)
-        s.forward.append(record.forward_s)
-        s.backward.append(record.backward_s)
-        s.optimizer.append(record.optimizer_s)
-        self._losses.append(record.loss)
-        if self._activation_hooks:
-            if self._step_variances:
-                d.activation_variances.append((n, self._step_variances))
-            self._step_variances = {}
+        self._record_step(record)
+        if self.activations is not None and self.activations.active:
+            variances = self.activations.take()
+            if variances:
+                self.data.activation_variances.append((n, variances))
             if n >= self._poor_init.steps:
-                self._unhook_activations()
+                self.activations.remove()
         early = self._poor_init is not None and n <= self._poor_init.steps
         if early:
-            self._gradient_statistics(n, ranges=True)
-        if n == 2 and d.dataloader_workers is None:
-            d.dataloader_workers = self._count_workers()
-        if self.trace is not None and n >= self.settings.trace_steps[1]:
-            self._stop_trace()
-        elif self.settings.trace_steps and n + 1 == self.settings.trace_steps[0]:
-            self._start_trace()
+            record_gradients(self._model, self.data, n, ranges=True)
+        if n == 2 and self.data.dataloader_workers is None:
+            self.data.dataloader_workers = _count_workers()
+        self._trace_window(n)
         if n % CHECK_INTERVAL == 0:
             if self.settings.rules and not early:
-                self._gradient_statistics(n, ranges=False)
+                record_gradients(self._model, self.data, n, ranges=False)
             self._check()
 
     @_safe
     def on_evaluate_begin(self, split):
-        self._evaluating = True
+        if self.activations is not None:
+            self.activations.evaluating = True
 
     @_safe
     def on_evaluate_end(self, split, metrics):
-        self._evaluating = False
+        if self.activations is not None:
+            self.activations.evaluating = False
         if split == "test":
             self.data.test = dict(metrics)
 
@@ -249,6 +153,31 @@ class Monitor(Callback):
 
     # --- helpers --------------------------------------------------------------------------
 
+    def _record_step(self, record) -> None:
+        now = time.time()
+        d, s = self.data, self.data.steps
+        if d.loop_start is None:
+            d.loop_start = now - record.total_s
+        d.loop_end = now
+        s.epoch.append(record.epoch)
+        s.step.append(self._global_step)
+        s.end.append(now)
+        s.batch_size.append(record.batch_size)
+        s.data.append(record.data_s)
+        s.forward.append(record.forward_s)
+        s.backward.append(record.backward_s)
+        s.optimizer.append(record.optimizer_s)
+        self._losses.append(record.loss)
+
+    def _trace_window(self, step: int) -> None:
+        """Start the torch.profiler trace before its first step, save it after its last."""
+        window = self.settings.trace_steps
+        if self.trace is not None and step >= window[1]:
+            trace, self.trace = self.trace, None
+            self.data.traces.append(trace.save(self.settings.output_data_dir, self.data.host, self.data.rank, window))
+        elif window and step + 1 == window[0]:
+            self.trace = StepTrace(self.data.gpus)
+
     def _check(self, final: bool = False) -> None:
         self._read_losses()
         for rule in self.rules:
@@ -261,82 +190,6 @@ class Monitor(Callback):
             self.data.losses.extend(torch.stack([t.float() for t in self._losses]).cpu().tolist())
             self._losses = []
 
-    def _gradient_statistics(self, step: int, ranges: bool) -> None:
-        """Mean |gradient| per trainable tensor (VanishingGradient); with `ranges`, the 5th-95th
-        percentile width of a sample of all gradient values (PoorWeightInitialization)."""
-        import torch
-
-        named = [(name, p.grad) for name, p in self._model.named_parameters() if p.grad is not None]
-        if not named:
-            return
-        with torch.no_grad():
-            means = torch.stack([g.detach().abs().float().mean() for _, g in named]).cpu().tolist()
-            self.data.gradient_means.append((step, {name: m for (name, _), m in zip(named, means)}))
-            if ranges:
-                flat = torch.cat([g.detach().float().flatten() for _, g in named])
-                if flat.numel() > GRADIENT_SAMPLE:
-                    flat = flat[:: flat.numel() // GRADIENT_SAMPLE]
-                lo, hi = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device)).cpu().tolist()
-                self.data.gradient_ranges.append((step, hi - lo))
-
-    def _hook_activations(self, model, regex: str) -> None:
-        """Variance of each ReLU's input (named `<module>_relu_input`, matched against `regex`)."""
-        import re
-
-        pattern = re.compile(regex)
-        for name, module in model.named_modules():
-            kind = type(module).__name__.lower()
-            label = f"{name or 'model'}_relu_input"
-            if "relu" in kind and pattern.fullmatch(label):
-                self._activation_hooks.append(module.register_forward_pre_hook(self._activation_hook(label)))
-
-    def _activation_hook(self, label: str):
-        def hook(module, inputs):
-            if not self._evaluating:
-                x = inputs[0].detach()
-                # a module called several times per forward (torchvision's Bottleneck.relu) gets #2, #3
-                key, k = label, 1
-                while key in self._step_variances:
-                    k += 1
-                    key = f"{label}#{k}"
-                self._step_variances[key] = float(x.float().var())
-
-        return hook
-
-    def _unhook_activations(self) -> None:
-        for handle in self._activation_hooks:
-            handle.remove()
-        self._activation_hooks = []
-
-    def _count_workers(self) -> int | None:
-        """Data loader processes: this process's children, less the nvidia-smi reader."""
-        try:
-            import psutil
-        except ImportError:
-            return None
-        skip = {self.system.gpu.proc.pid} if self.system and self.system.gpu else set()
-        return sum(1 for c in psutil.Process().children() if c.pid not in skip)
-
-    def _start_trace(self) -> None:
-        import torch
-
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if self.data.gpus:
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self.trace = torch.profiler.profile(activities=activities)
-        self.trace.start()
-
-    def _stop_trace(self) -> None:
-        trace, self.trace = self.trace, None
-        trace.stop()
-        first, last = self.settings.trace_steps
-        name = f"{DEBUG_DIR}/trace-{self.data.host}-rank{self.data.rank}-steps{first}-{last}.json"
-        path = self.settings.output_data_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trace.export_chrome_trace(str(path))
-        self.data.traces.append(name)
-        log.info("torch.profiler trace of steps %d-%d: %s (open in chrome://tracing or Perfetto)", first, last, path)
-
     def _stop_threads(self) -> None:
         if self.system is not None:
             self.system.stop()
@@ -344,7 +197,8 @@ class Monitor(Callback):
         if self.trace is not None:
             self.trace.stop()
             self.trace = None
-        self._unhook_activations()
+        if self.activations is not None:
+            self.activations.remove()
 
     def _gather(self) -> list[JobData]:
         """Every process's data on the main one (one report section per host and rank); [] elsewhere."""
@@ -360,6 +214,15 @@ class Monitor(Callback):
             log.warning("report without the other processes: gathering their profiles failed: %s", e)
             return [self.data] if topo.is_main else []
         return [JobData.from_dict(d) for d in gathered] if topo.is_main else []
+
+
+def _count_workers() -> int | None:
+    """Data loader processes: this process's children."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return len(psutil.Process().children())
 
 
 def _process_start() -> float:

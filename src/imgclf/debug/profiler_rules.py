@@ -1,25 +1,21 @@
 """Profiler rules: SageMaker Debugger's ProfilerReport rules, with their default parameters, on the
 step timings and system samples of `JobData`. `patience` and `window` count system samples (one
-per profiler interval, 500 ms by default), as in Debugger. Rules about GPUs say "not applicable"
+per profiler interval, `profiler-interval-ms`), as in Debugger. Rules about GPUs say "not applicable"
 on a job without one.
 """
 from __future__ import annotations
 
 import statistics
 
-from ..contract import UserError
+import numpy as np
+
+from ..names import UserError
 from .rules import Rule
 
 
 def percentile(values, q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation, as numpy's default."""
-    v = sorted(values)
-    if not v:
-        return 0.0
-    k = (len(v) - 1) * q / 100
-    lo = int(k)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+    """numpy's q-th percentile (0-100, linear interpolation), 0.0 for no values."""
+    return float(np.percentile(values, q)) if len(values) else 0.0
 
 
 class ProfilerRule(Rule):

@@ -1,14 +1,13 @@
 """System metrics sampled on a background thread: CPU per core, memory, I/O wait, disk and network
-throughput (psutil), and GPU utilisation and memory when there are GPUs (one `nvidia-smi` process
-that prints a line per GPU per interval: no process start per sample).
+throughput (psutil), and GPU utilisation and memory when there are GPUs (NVML, through
+nvidia-ml-py: the library nvidia-smi itself reads).
 
-Cost: one psutil round per interval (well under a millisecond); nothing on the training thread.
+Cost: one psutil round and one NVML query per GPU per interval (well under a millisecond); nothing
+on the training thread.
 """
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import threading
 import time
 
@@ -20,54 +19,42 @@ MB = 1024 * 1024
 
 
 class GpuReader:
-    """Latest utilisation and memory % per GPU from a streaming `nvidia-smi --query-gpu ... -lms`."""
+    """Utilisation and memory % per GPU from NVML (`pynvml`, the nvidia-ml-py package)."""
 
-    def __init__(self, interval_ms: int, gpus: int):
-        self.latest: dict[int, tuple[float, float]] = {}
-        self.gpus = gpus
-        self.proc = subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=index,utilization.gpu,memory.used,memory.total",
-             "--format=csv,noheader,nounits", f"-lms={interval_ms}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        threading.Thread(target=self._read, name="imgclf-nvidia-smi", daemon=True).start()
+    def __init__(self, gpus: int):
+        import pynvml
 
-    def _read(self):
-        for line in self.proc.stdout:
-            try:
-                index, util, used, total = (float(x) for x in line.split(","))
-            except ValueError:
-                continue
-            self.latest[int(index)] = (util, 100.0 * used / total if total else 0.0)
+        pynvml.nvmlInit()
+        self.nvml = pynvml
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(gpus)]
 
     def sample(self) -> tuple[list[float], list[float]]:
-        values = [self.latest.get(i, (0.0, 0.0)) for i in range(self.gpus)]
-        return [u for u, _ in values], [m for _, m in values]
+        util, memory = [], []
+        for handle in self.handles:
+            util.append(float(self.nvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+            info = self.nvml.nvmlDeviceGetMemoryInfo(handle)
+            memory.append(100.0 * info.used / info.total if info.total else 0.0)
+        return util, memory
 
     def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.nvml.nvmlShutdown()
 
 
 class SystemMonitor:
     """Appends a sample to `samples` every `interval_ms` until `stop()`."""
 
-    def __init__(self, samples: SystemSamples, interval_ms: int = 500, gpus: int = 0):
+    def __init__(self, samples: SystemSamples, interval_ms: int, gpus: int = 0):
         import psutil  # in the image; imported here so that the package imports without it
 
         self.psutil = psutil
         self.samples = samples
         self.interval = interval_ms / 1000
         self.gpu = None
-        if gpus and shutil.which("nvidia-smi"):
+        if gpus:
             try:
-                self.gpu = GpuReader(interval_ms, gpus)
-            except OSError as e:
-                log.warning("no GPU metrics: nvidia-smi did not start (%s)", e)
-        elif gpus:
-            log.warning("no GPU metrics: nvidia-smi is not on PATH")
+                self.gpu = GpuReader(gpus)
+            except Exception as e:  # ImportError, or pynvml.NVMLError: no driver library
+                log.warning("no GPU metrics: NVML is not available (%s: %s)", type(e).__name__, e)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="imgclf-system-monitor", daemon=True)
 

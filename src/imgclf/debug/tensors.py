@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..callbacks import Callback
-from ..contract import UserError
+from ..names import DEBUG_SAVE_INTERVAL
 
 log = logging.getLogger("imgclf.debug")
 
@@ -36,7 +36,7 @@ class HookSettings:
     out_dir: Path
     config: dict | None = None
     collections: tuple[str, ...] = ()
-    save_interval: int = 100
+    save_interval: int = DEBUG_SAVE_INTERVAL
 
     @classmethod
     def from_job(cls, args, env) -> HookSettings | None:
@@ -53,8 +53,6 @@ class HookSettings:
         names = tuple(c.strip() for c in (args.debug_collections or "").split(",") if c.strip())
         if not names:
             return None
-        if args.debug_save_interval < 1:
-            raise UserError(f"bad hyperparameter: debug-save-interval={args.debug_save_interval} must be at least 1")
         return cls(out_dir=env.output_data_dir / "tensors", collections=names, save_interval=args.debug_save_interval)
 
 

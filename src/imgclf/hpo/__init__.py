@@ -30,9 +30,6 @@ SEARCH_SPACE = {
     "batch-size": Categorical((32, 64, 128, 256)),
 }
 
-# Best trial of the original project's tuning job; the training defaults.
-BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
-
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.

@@ -13,36 +13,30 @@ Trials search `SEARCH_SPACE` and run in this process through `train.main`, the c
 - `<output>/best.json` holds the best trial: its hyperparameters as `set_hyperparameters` takes
   them and its objective; `imgclf train --best <output>/best.json` trains the final model.
 
-    imgclf-tune --data ./data --output ./tuning --trials 8 --epochs 3 --arch efficientnet_lite0
+The study (storage, pruner, resume, best trial) is study.py; the command line `imgclf-tune` is cli.py.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from .. import hyperparameters
 from ..callbacks import Callback
-from ..contract import TrainingEnvironment, UserError
-from . import (FINAL_EPOCHS, OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical,
-               Continuous)
+from ..contract import TrainingEnvironment
+from ..names import DEFAULT_PRUNER, PRUNERS, UserError
+from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous
 from .progress import Progress
+from .study import best_record, finished, open_study, requeue_interrupted, trial_dir
 
 log = logging.getLogger(__name__)
 
-STUDY_NAME = "imgclf"
-STUDY_FILE = "study.journal"
 BEST_FILE = "best.json"
-PRUNERS = ("median", "hyperband", "none")
 DEFAULT_TRIAL_EPOCHS = 5
 
 
@@ -52,7 +46,7 @@ class Search:
     output: Path
     trials: int = 8
     fixed: dict[str, str] = field(default_factory=dict)  # hyperparameters of every trial, as strings
-    pruner: str = "median"
+    pruner: str = DEFAULT_PRUNER
     seed: int = 0
     features: bool = True  # train heads on cached features when the backbone is frozen and pretrained
 
@@ -92,14 +86,6 @@ def suggest(trial: optuna.Trial, space=SEARCH_SPACE, fixed=()) -> dict:
     return point
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    if name == "median":  # stop a trial whose epoch is below the median of earlier trials at that epoch
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, epochs), reduction_factor=3)
-    return optuna.pruners.NopPruner()
-
-
 class ReportToTrial(Callback):
     """Hands each epoch's objective to the Optuna trial and the progress display; raises
     `optuna.TrialPruned` when the pruner says so, which ends the training job."""
@@ -137,51 +123,6 @@ def run_job(env: TrainingEnvironment, callbacks=()) -> None:
         raise RuntimeError(f"training stopped with exit code {code}")
 
 
-def open_study(search: Search) -> optuna.Study:
-    search.output.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(search.output / STUDY_FILE)))
-    direction = "maximize" if OBJECTIVE_TYPE == "Maximize" else "minimize"
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction=direction, load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=search.seed),
-                                pruner=make_pruner(search.pruner, search.epochs))
-    settings = json.loads(json.dumps(search.settings()))
-    saved = study.user_attrs.get("settings")
-    if saved is None:
-        study.set_user_attr("settings", settings)
-    elif saved != settings:
-        changed = sorted(k for k in settings if saved.get(k) != settings[k])
-        raise UserError(f"{search.output} holds a search with other settings ({', '.join(changed)}): "
-                        "rerun it with the same command, or give another --output")
-    return study
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-
-
-def requeue_interrupted(study: optuna.Study, progress: Progress) -> None:
-    """Trials left running by a killed search: marked failed, and their parameters queued to run again."""
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        progress.note(f"trial {t.number + 1} was interrupted: running it again")
-
-
-def best_record(study: optuna.Study, search: Search) -> dict | None:
-    try:
-        top = study.best_trial
-    except ValueError:  # no complete trial
-        return None
-    hps = {k: v for k, v in {**search.fixed, **top.params}.items() if k not in TRIAL_ONLY}
-    return {"hyperparameters": hyperparameters.typed(hps),
-            "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE, "value": top.value},
-            "trial": top.number + 1, "model": str((trial_dir(search, top.number) / "model").relative_to(search.output))}
-
-
-def trial_dir(search: Search, number: int) -> Path:
-    return search.output / "trials" / f"{number + 1:03d}"
-
-
 def compute_features(search: Search, progress: Progress) -> Path:
     """The extract-features job of the search, once: its model dir is every trial's features channel."""
     where = search.output / "features"
@@ -192,55 +133,63 @@ def compute_features(search: Search, progress: Progress) -> Path:
     return where
 
 
-def run(search: Search, progress: Progress | None = None) -> dict:
-    """Run (or resume) the search; returns best.json's content."""
+def run(search: Search, progress: Progress | None = None, callbacks=()) -> dict:
+    """Run (or resume) the search; returns best.json's content. `callbacks` (training callbacks)
+    join every trial's job, beside the one that reports to Optuna."""
     study = open_study(search)
     progress = progress or Progress(search.trials, metric=OBJECTIVE_METRIC, epochs=search.epochs)
     progress.done = len(finished(study))
     requeue_interrupted(study, progress)
     features_channel = compute_features(search, progress) if search.use_features else None
-    best = best_record(study, search)
+    best = best_record(study, search.fixed, search.output)
     progress.set_best(best and best["objective"]["value"], best and best["trial"])
     if progress.done:
         progress.note(f"resuming: {progress.done} of {search.trials} trials already finished")
     while len(finished(study)) < search.trials:
         trial = study.ask()
-        point = suggest(trial, fixed=search.fixed)
-        progress.trial_begins(trial.number + 1, point)
-        hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0"}
-        channels = dict(search.channels)
-        if features_channel:
-            hps["features"] = "true"
-            channels["features"] = features_channel
-        folder = trial_dir(search, trial.number)
-        shutil.rmtree(folder, ignore_errors=True)
-        reporter = ReportToTrial(trial, progress, pruning=search.pruner != "none")
-        try:
-            run_job(job_env(channels, folder, hps), callbacks=[reporter])
-            state = "complete"
-        except optuna.TrialPruned:
-            state = "pruned"
-        except Exception:
-            study.tell(trial, state=TrialState.FAIL)
-            raise  # Ctrl-C and SIGTERM leave it running: the next run of the search runs it again
-        finally:
-            shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        if state == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-        elif reporter.value is None:
-            study.tell(trial, state=TrialState.FAIL)
-            raise UserError(f"trial {trial.number + 1} reported no {OBJECTIVE_METRIC}")
-        else:
-            study.tell(trial, reporter.value)
-        best = best_record(study, search)
+        state, value = run_trial(search, study, trial, progress, features_channel, callbacks)
+        best = best_record(study, search.fixed, search.output)
         progress.set_best(best and best["objective"]["value"], best and best["trial"])
-        progress.trial_ends(state, reporter.value)
+        progress.trial_ends(state, value)
         _keep_only_best_model(search, study)
     progress.finish()
     if best is None:
         raise UserError(f"no trial completed: all {search.trials} were pruned or failed")
     (search.output / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
+
+
+def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress: Progress,
+              features_channel: Path | None, callbacks=()) -> tuple[str, float | None]:
+    """One trial's training job, told to the study; ("complete" or "pruned", its last objective)."""
+    point = suggest(trial, fixed=search.fixed)
+    progress.trial_begins(trial.number + 1, point)
+    hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0"}
+    channels = dict(search.channels)
+    if features_channel:
+        hps["features"] = "true"
+        channels["features"] = features_channel
+    folder = trial_dir(search.output, trial.number)
+    shutil.rmtree(folder, ignore_errors=True)
+    reporter = ReportToTrial(trial, progress, pruning=search.pruner != "none")
+    try:
+        run_job(job_env(channels, folder, hps), callbacks=[reporter, *callbacks])
+        state = "complete"
+    except optuna.TrialPruned:
+        state = "pruned"
+    except Exception:
+        study.tell(trial, state=TrialState.FAIL)
+        raise  # Ctrl-C and SIGTERM leave it running: the next run of the search runs it again
+    finally:
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    if state == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+    elif reporter.value is None:
+        study.tell(trial, state=TrialState.FAIL)
+        raise UserError(f"trial {trial.number + 1} reported no {OBJECTIVE_METRIC}")
+    else:
+        study.tell(trial, reporter.value)
+    return state, reporter.value
 
 
 def _keep_only_best_model(search: Search, study: optuna.Study) -> None:
@@ -251,67 +200,4 @@ def _keep_only_best_model(search: Search, study: optuna.Study) -> None:
         keep = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.number != keep:
-            shutil.rmtree(trial_dir(search, t.number) / "model", ignore_errors=True)
-
-
-def summary(study_dir: Path) -> list[dict]:
-    """Every trial of the search in `study_dir`: number, state, params, value, epochs reported."""
-    storage = JournalStorage(JournalFileBackend(str(Path(study_dir) / STUDY_FILE)))
-    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
-    return [{"trial": t.number + 1, "state": t.state.name.lower(), "params": t.params, "value": t.value,
-             "epochs": len(t.intermediate_values)} for t in study.get_trials(deepcopy=False)]
-
-
-# ---------------------------------------------------------------------------------------------
-# command line
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    from ..launch.datasets import SPLIT_CHANNELS
-
-    p = argparse.ArgumentParser(prog="imgclf-tune", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("--data", required=True, help="data root with train/ [valid/ test/] (or training/ validation/ "
-                                                 f"test/); folders: {', '.join(SPLIT_CHANNELS)}")
-    p.add_argument("--output", default="imgclf-tuning", help="study, features, trials and best.json; rerunning "
-                                                             "the same command here resumes the search")
-    p.add_argument("--trials", type=int, default=8, help="finished (complete or pruned) trials to run")
-    p.add_argument("--pruner", default="median", choices=PRUNERS)
-    p.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
-    p.add_argument("--no-features", dest="features", action="store_false",
-                   help="push every image through the backbone in every trial, with augmentation")
-    p.add_argument("--verbose", action="store_true", help="the training jobs' own log lines too")
-    hps = p.add_argument_group(f"hyperparameters fixed in every trial (trial epochs default to {DEFAULT_TRIAL_EPOCHS})")
-    for hp in hyperparameters.HYPERPARAMETERS:
-        if hp.name not in TRIAL_ONLY:
-            hps.add_argument(f"--{hp.name}", dest="hp_" + hp.dest, metavar="VALUE", help=hp.help or None)
-    return p
-
-
-def cli(argv: list[str] | None = None) -> None:
-    from ..launch.datasets import SPLIT_CHANNELS, check_layout
-
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    fixed = {hp.name: getattr(args, "hp_" + hp.dest) for hp in hyperparameters.HYPERPARAMETERS
-             if getattr(args, "hp_" + hp.dest, None) is not None}
-    try:
-        root = Path(args.data)
-        channels = {SPLIT_CHANNELS[name]: (root / name).resolve() for name in check_layout(root)}
-        search = Search(channels, Path(args.output).resolve(), trials=args.trials, fixed=fixed, pruner=args.pruner,
-                        seed=args.sampler_seed, features=args.features)
-        best = run(search)
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
-    print(f"best trial {best['trial']}: {OBJECTIVE_METRIC}={best['objective']['value']:.4f}")
-    print(f"estimator.set_hyperparameters(**{json.dumps(best['hyperparameters'])})")
-    print(f"written to {search.output / BEST_FILE}; final model: imgclf train --best {search.output / BEST_FILE} "
-          f"--data ... ({FINAL_EPOCHS} epochs unless --epochs)")
-
-
-if __name__ == "__main__":
-    cli()
+            shutil.rmtree(trial_dir(search.output, t.number) / "model", ignore_errors=True)

@@ -1,9 +1,7 @@
-"""The data set: fetch the dog-breed images, check the class-folder layout, map folders to channels, upload.
+"""The data set: fetch the dog-breed images, map split folders to channels, upload.
 
-A data set is a folder (or S3 prefix) with `train/`, and optionally `valid/` and `test/`, each
-holding one folder of images per class, as dogImages.zip unpacks. The splits become the training
-job's channels `training`, `validation` and `test`; folders already named after the channels
-(`training/`, `validation/`, as in a job's /opt/ml/input/data) are taken as they are.
+The layout (train/ [valid/ test/], one folder per class) is checked by `imgclf.layout`; the
+splits become the training job's channels `training`, `validation` and `test`.
 """
 from __future__ import annotations
 
@@ -11,19 +9,13 @@ import shutil
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ..contract import UserError
+from ..layout import SPLIT_CHANNELS, check_layout
+from ..names import UserError
 
-# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out so
-# that the launcher does not import torch
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
-# split folder name -> channel, in the order they are looked for
-SPLIT_CHANNELS = {"train": "training", "training": "training", "valid": "validation",
-                  "validation": "validation", "test": "test"}
 
 
 def reachable(url: str, timeout: float = 5.0) -> bool:
@@ -69,57 +61,6 @@ def find_root(folder: Path) -> Path:
     if len(found) != 1:
         raise UserError(f"expected one folder with train/ in {folder}, found {len(found)}")
     return found[0]
-
-
-@dataclass(frozen=True)
-class Split:
-    name: str
-    classes: tuple[str, ...]
-    images: int
-
-
-def check_layout(root: Path) -> dict[str, Split]:
-    """Every split's classes and image count; a UserError listing every problem found.
-
-    train/ must have at least two class folders, each with images; valid/ and test/ may hold only
-    classes that train/ has, since the model predicts the training classes only.
-    """
-    root = Path(root)
-    problems, splits = [], {}
-    present = [name for name in SPLIT_CHANNELS if (root / name).is_dir()]
-    by_channel = {}
-    for name in present:
-        by_channel.setdefault(SPLIT_CHANNELS[name], []).append(name)
-    twice = [" and ".join(f"{n}/" for n in names) for names in by_channel.values() if len(names) > 1]
-    if twice:
-        raise UserError(f"{root}: {'; '.join(twice)} would be the same channel: keep one")
-    if "training" not in by_channel:
-        raise UserError(f"no train/ folder in {root}: expected train/, valid/, test/ with one folder per class")
-    for name in present:
-        folder = root / name
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        counts = {c: _count_images(folder / c) for c in classes}
-        empty = [c for c, n in counts.items() if n == 0]
-        if empty:
-            problems.append(f"{name}/ has class folders without images: {', '.join(empty[:5])}")
-        loose = [p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
-        if loose:
-            problems.append(f"{name}/ has {len(loose)} images outside class folders (e.g. {loose[0]})")
-        splits[name] = Split(name, tuple(classes), sum(counts.values()))
-    train = splits[by_channel["training"][0]]
-    if len(train.classes) < 2:
-        problems.append(f"{train.name}/ has {len(train.classes)} class folders: a classifier needs at least two")
-    for split in splits.values():
-        unknown = sorted(set(split.classes) - set(train.classes))
-        if unknown:
-            problems.append(f"{split.name}/ has classes that {train.name}/ lacks: {', '.join(unknown[:5])}")
-    if problems:
-        raise UserError(f"{root}: " + "; ".join(problems))
-    return splits
-
-
-def _count_images(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
 
 
 def local_uri(location: str | Path) -> str:

@@ -14,7 +14,7 @@ import json
 
 from sagemaker.debugger import CollectionConfig, DebuggerHookConfig, ProfilerConfig, ProfilerRule, Rule, rule_configs
 
-from ..contract import UserError
+from ..names import DEBUG_SAVE_INTERVAL, MIN_DEBUG_SAVE_INTERVAL, PROFILER_INTERVAL_MS, UserError
 from ..debug.profiler_rules import PROFILER_RULES
 from ..debug.rules import TRAINING_RULES, parse_rule_parameters
 from ..debug.tensors import COLLECTIONS
@@ -46,17 +46,17 @@ def rules(rule_parameters: dict | None = None) -> list:
     return out
 
 
-def debugger_hook_config(s3_output_path: str | None = None, save_interval: int = 100,
+def debugger_hook_config(s3_output_path: str | None = None, save_interval: int = DEBUG_SAVE_INTERVAL,
                          collections=COLLECTIONS) -> DebuggerHookConfig:
     """Losses, weights, gradients and biases every `save_interval` steps (S3 path: the SDK's default
     under the job's output path when None)."""
-    if save_interval < 1:
-        raise UserError(f"save_interval must be at least 1, got {save_interval}")
+    if save_interval < MIN_DEBUG_SAVE_INTERVAL:
+        raise UserError(f"save_interval must be at least {MIN_DEBUG_SAVE_INTERVAL}, got {save_interval}")
     return DebuggerHookConfig(s3_output_path=s3_output_path, collection_configs=[
         CollectionConfig(name=c, parameters={"save_interval": str(save_interval)}) for c in collections])
 
 
-def profiler_config(interval_ms: int = 500) -> ProfilerConfig:
+def profiler_config(interval_ms: int = PROFILER_INTERVAL_MS) -> ProfilerConfig:
     """System monitoring every `interval_ms` (Debugger's framework profiling is deprecated from
     PyTorch 2.0: the image's own step timings and torch.profiler window replace it)."""
     return ProfilerConfig(system_monitor_interval_millis=interval_ms)
@@ -70,10 +70,10 @@ def estimator_kwargs(target: Target, hyperparameters: dict) -> dict:
                         "itself: leave out --sagemaker-debugger and read profiler-report.html in the job's output")
     known = {c.name for c in TRAINING_RULES + PROFILER_RULES}
     overrides = parse_rule_parameters(str(hyperparameters.get("rule-parameters") or ""), known)
-    return dict(rules=rules(overrides),
-                debugger_hook_config=debugger_hook_config(save_interval=int(hyperparameters.get("debug-save-interval",
-                                                                                                100))),
-                profiler_config=profiler_config(int(hyperparameters.get("profiler-interval-ms", 500))))
+    save_interval = hyperparameters.get("debug-save-interval") or DEBUG_SAVE_INTERVAL
+    interval_ms = hyperparameters.get("profiler-interval-ms") or PROFILER_INTERVAL_MS
+    return dict(rules=rules(overrides), debugger_hook_config=debugger_hook_config(save_interval=int(save_interval)),
+                profiler_config=profiler_config(int(interval_ms)))
 
 
 def _string(value) -> str:

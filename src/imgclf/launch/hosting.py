@@ -17,7 +17,7 @@ from sagemaker.serializers import IdentitySerializer
 from sagemaker.serverless import ServerlessInferenceConfig
 from sagemaker.utils import name_from_base
 
-from ..contract import UserError
+from ..names import UserError
 from .session import Target
 
 BASE_NAME = "imgclf"

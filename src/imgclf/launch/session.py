@@ -16,7 +16,7 @@ import boto3
 import sagemaker
 from sagemaker.local import LocalSession
 
-from ..contract import UserError
+from ..names import UserError
 
 LOCAL_REGION = "us-east-1"
 # Local mode only checks that a role looks like an ARN; nothing assumes it.

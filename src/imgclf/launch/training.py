@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sagemaker.estimator import Estimator
 from sagemaker.utils import name_from_base
 
-from ..contract import UserError
+from ..names import UserError
 from ..metrics import metric_definitions
 from ..hyperparameters import parse as parse_hyperparameters
 from .session import Target

@@ -25,7 +25,8 @@ from sagemaker.tuner import (
     WarmStartTypes,
 )
 
-from ..contract import RESERVED_PREFIXES, UserError
+from ..contract import RESERVED_PREFIXES
+from ..names import DEFAULT_PRUNER, UserError
 from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous
 from ..hyperparameters import BY_NAME, typed
 from ..metrics import metric_definitions
@@ -167,7 +168,7 @@ CONTAINER_DATA = "/opt/ml/input/data"
 CONTAINER_OUTPUT = "/opt/ml/output/tuning"
 
 
-def local_search_command(image_uri: str, data: Path, output: Path, *, trials: int, pruner: str = "median",
+def local_search_command(image_uri: str, data: Path, output: Path, *, trials: int, pruner: str = DEFAULT_PRUNER,
                          fixed: dict | None = None, features: bool = True, seed: int = 0, gpu: bool = False,
                          tty: bool = False) -> list[str]:
     """`docker run` of `imgclf-tune` in the image: the data root mounted read-only, the output

@@ -31,7 +31,3 @@ class PayloadTooLarge(ServeError):
     """Over the payload limit, or an image with more pixels than the decoder accepts."""
 
     status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-
-
-class ModelNotReady(ServeError):
-    status = HTTPStatus.SERVICE_UNAVAILABLE

@@ -1,0 +1,66 @@
+"""`imgclf-tune`: the local tuner on the command line (see search.py).
+
+    imgclf-tune --data ./data --output ./tuning --trials 8 --epochs 3 --arch efficientnet_lite0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import optuna
+
+from .. import hyperparameters
+from ..layout import SPLIT_CHANNELS, check_layout
+from ..names import DEFAULT_PRUNER, PRUNERS, UserError
+from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
+from .search import BEST_FILE, DEFAULT_TRIAL_EPOCHS, Search, run
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imgclf-tune", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--data", required=True, help="data root with train/ [valid/ test/] (or training/ validation/ "
+                                                 f"test/); folders: {', '.join(SPLIT_CHANNELS)}")
+    p.add_argument("--output", default="imgclf-tuning", help="study, features, trials and best.json; rerunning "
+                                                             "the same command here resumes the search")
+    p.add_argument("--trials", type=int, default=8, help="finished (complete or pruned) trials to run")
+    p.add_argument("--pruner", default=DEFAULT_PRUNER, choices=PRUNERS)
+    p.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
+    p.add_argument("--no-features", dest="features", action="store_false",
+                   help="push every image through the backbone in every trial, with augmentation")
+    p.add_argument("--verbose", action="store_true", help="the training jobs' own log lines too")
+    hps = p.add_argument_group(f"hyperparameters fixed in every trial (trial epochs default to {DEFAULT_TRIAL_EPOCHS})")
+    for hp in hyperparameters.HYPERPARAMETERS:
+        if hp.name not in TRIAL_ONLY:
+            hps.add_argument(f"--{hp.name}", dest="hp_" + hp.dest, metavar="VALUE", help=hp.help or None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    fixed = {hp.name: getattr(args, "hp_" + hp.dest) for hp in hyperparameters.HYPERPARAMETERS
+             if getattr(args, "hp_" + hp.dest, None) is not None}
+    try:
+        root = Path(args.data)
+        channels = {SPLIT_CHANNELS[name]: (root / name).resolve() for name in check_layout(root)}
+        search = Search(channels, Path(args.output).resolve(), trials=args.trials, fixed=fixed, pruner=args.pruner,
+                        seed=args.sampler_seed, features=args.features)
+        best = run(search)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    print(f"best trial {best['trial']}: {OBJECTIVE_METRIC}={best['objective']['value']:.4f}")
+    print(f"estimator.set_hyperparameters(**{json.dumps(best['hyperparameters'])})")
+    print(f"written to {search.output / BEST_FILE}; final model: imgclf train --best {search.output / BEST_FILE} "
+          f"--data ... ({FINAL_EPOCHS} epochs unless --epochs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`imgclf deploy`, `invoke`, `delete` and `transform`: what runs on a trained model."""
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from ...names import UserError
+from .. import options
+
+
+def add_parser(sub, parents: options.Parents) -> None:
+    serving = [parents.where, parents.image, parents.instances, parents.model_source]
+    p = sub.add_parser("deploy", parents=serving, help="create an endpoint")
+    p.add_argument("--endpoint-name")
+    p.add_argument("--serverless-memory", type=int, metavar="MB", help="serverless endpoint with this memory")
+    p.add_argument("--serverless-concurrency", type=int, default=5)
+    p.add_argument("--multi-model", metavar="S3_PREFIX", help="multi-model endpoint over the model.tar.gz here")
+    p.set_defaults(func=run_deploy)
+
+    p = sub.add_parser("invoke", parents=[parents.where], help="send image files to an endpoint, print top-k")
+    p.add_argument("endpoint_name")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--target-model", help="multi-model endpoint: the model.tar.gz (relative to its prefix)")
+    p.set_defaults(func=run_invoke)
+
+    p = sub.add_parser("delete", parents=[parents.where], help="delete an endpoint, its config and its models")
+    p.add_argument("endpoint_name")
+    p.set_defaults(func=run_delete)
+
+    p = sub.add_parser("transform", parents=serving, help="batch transform: classify every image under a prefix")
+    p.add_argument("--data", required=True, help="S3 prefix of images (a folder with --local)")
+    p.add_argument("--output-path", help="where <image>.out answers go")
+    p.add_argument("--no-wait", action="store_true")
+    p.set_defaults(func=run_transform)
+
+
+def run_deploy(args) -> None:
+    from .. import hosting
+
+    target = options.target(args)
+    image_uri = options.image_uri(args)
+    if args.multi_model:
+        pred = hosting.deploy_multi_model(target, image_uri, args.multi_model, instance_type=args.instance_type,
+                                          instance_count=args.instance_count, endpoint_name=args.endpoint_name)
+    else:
+        serverless = (hosting.serverless_config(args.serverless_memory, args.serverless_concurrency)
+                      if args.serverless_memory else None)
+        pred = hosting.deploy(target, image_uri, options.model_data(args, target), instance_type=args.instance_type,
+                              instance_count=args.instance_count, endpoint_name=args.endpoint_name,
+                              serverless=serverless)
+    print(f"endpoint: {pred.endpoint_name}", flush=True)
+    if target.local:
+        _serve_until_stopped(args, target, pred.endpoint_name)
+
+
+def _serve_until_stopped(args, target, endpoint_name: str) -> None:
+    """A local endpoint is a container owned by this process: serve until interrupted, then clean up."""
+    from .. import hosting
+
+    print(f"serving on http://localhost:{args.serving_port}/invocations; "
+          f"`imgclf invoke --local {endpoint_name} IMAGE` in another shell; Ctrl-C deletes it", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print(f"deleted {hosting.delete(target, endpoint_name)}")
+
+
+def run_invoke(args) -> None:
+    from .. import hosting
+
+    pred = hosting.predictor(options.target(args), args.endpoint_name)
+    for image in args.images:
+        answer = hosting.invoke(pred, Path(image), top_k=args.top_k, target_model=args.target_model)
+        print(f"{image}:\n{hosting.format_answer(answer)}")
+
+
+def run_delete(args) -> None:
+    from .. import hosting
+
+    if args.local:
+        raise UserError("a local endpoint lives as long as its `imgclf deploy --local`: "
+                        "stop that (Ctrl-C) to delete it")
+    print(f"deleted {hosting.delete(options.target(args), args.endpoint_name)}")
+
+
+def run_transform(args) -> None:
+    from .. import datasets, hosting
+
+    target = options.target(args)
+    output = args.output_path or (options.default_local_output(args) if target.local else None)
+    if not output:
+        raise UserError("transform needs --output-path (an S3 prefix)")
+    data = datasets.local_uri(args.data) if target.local else args.data
+    out = hosting.transform(target, options.image_uri(args), options.model_data(args, target), data, output,
+                            instance_type=args.instance_type, instance_count=args.instance_count,
+                            wait=not args.no_wait)
+    print(f"transform output: {out}")

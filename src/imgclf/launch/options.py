@@ -1,0 +1,186 @@
+"""The options several `imgclf` commands share, each group built by one function, and what they
+turn into: the target (AWS or local mode), the image, the job spec, the channels, the model.
+
+A flag for every command that runs a job goes in `job_options`; a flag of one command goes in
+that command's module under commands/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..names import UserError
+
+IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
+# hyperparameters that the launcher sets itself: --features and `imgclf features`
+LAUNCHER_SET = ("features", "extract-features")
+
+
+def where_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    where = p.add_argument_group("where to run")
+    where.add_argument("--local", action="store_true",
+                       help="SageMaker local mode: Docker Compose on this machine, file:// data, no AWS account")
+    where.add_argument("--region", help="AWS region (default: the AWS configuration's)")
+    where.add_argument("--role", help="execution role ARN (default: $SAGEMAKER_ROLE, or the notebook's role)")
+    where.add_argument("--local-root", help="local mode: folder for the SDK's job folders and default output")
+    where.add_argument("--serving-port", type=int, default=8080, help="local mode: port of a local endpoint")
+    where.add_argument("--local-gpu", action="store_true", help="local mode: give the containers this machine's GPUs")
+    return p
+
+
+def image_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--image-uri", help=f"the image (default: ${IMAGE_URI_ENV})")
+    return p
+
+
+def instance_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--instance-type", default="ml.m5.large")
+    p.add_argument("--instance-count", type=int, default=1)
+    return p
+
+
+def model_source_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model-data", help="model.tar.gz URI (s3://, or a path with --local)")
+    p.add_argument("--training-job", help="take the model artifact of this training job")
+    return p
+
+
+def job_options() -> argparse.ArgumentParser:
+    """Data channels, the job's resources, and every hyperparameter of the training job's table."""
+    p = argparse.ArgumentParser(add_help=False)
+    data = p.add_argument_group("data (channels)")
+    data.add_argument("--data", help="data root with train/ [valid/ test/]: s3:// prefix, or a folder with --local")
+    data.add_argument("--training", help="training channel URI (overrides --data)")
+    data.add_argument("--validation", help="validation channel URI")
+    data.add_argument("--test", help="test channel URI")
+    data.add_argument("--pretrained-weights", help="pretrained channel URI: a folder with <arch>.pth")
+    data.add_argument("--features", help="features channel URI: the model.tar.gz (or folder) of `imgclf features`; "
+                                         "sets features=true, so a frozen backbone's head trains on it")
+    job = p.add_argument_group("job")
+    job.add_argument("--instance-type", default="ml.g4dn.xlarge")
+    job.add_argument("--instance-count", type=int, default=1, help="more than one trains distributed (DDP)")
+    job.add_argument("--volume-size", type=int, default=30, help="GB of disk per instance")
+    job.add_argument("--output-path", help="where model.tar.gz goes (default: the session bucket; --local: "
+                                           "imgclf-output/ under --local-root or here)")
+    job.add_argument("--checkpoint-s3-uri", help="checkpoints synced here, a restarted job resumes from them")
+    job.add_argument("--spot", action="store_true", help="managed spot training (use with --checkpoint-s3-uri)")
+    job.add_argument("--max-run", type=int, default=24 * 60 * 60, help="seconds")
+    job.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity, run time included")
+    job.add_argument("--no-wait", action="store_true", help="start the job and return")
+    add_hyperparameter_options(p.add_argument_group("hyperparameters (sent to the job; defaults are the image's)"))
+    return p
+
+
+def add_hyperparameter_options(group) -> None:
+    """`--name VALUE` per hyperparameter, checked later by the job's own table (hyperparameters.py)."""
+    from ..hyperparameters import HYPERPARAMETERS
+
+    for hp in HYPERPARAMETERS:
+        if hp.name not in LAUNCHER_SET:
+            group.add_argument(f"--{hp.name}", dest=hyperparameter_dest(hp.name), metavar="VALUE", help=hp.help or None)
+
+
+def hyperparameter_dest(name: str) -> str:
+    return "hp_" + name.replace("-", "_")
+
+
+def given_hyperparameters(args) -> dict:
+    """The hyperparameters given on the command line, by name."""
+    from ..hyperparameters import HYPERPARAMETERS
+
+    return {hp.name: getattr(args, hyperparameter_dest(hp.name)) for hp in HYPERPARAMETERS
+            if getattr(args, hyperparameter_dest(hp.name), None) is not None}
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The shared option groups, built once per parser, for `add_parser(..., parents=[...])`."""
+
+    where: argparse.ArgumentParser
+    image: argparse.ArgumentParser
+    instances: argparse.ArgumentParser
+    model_source: argparse.ArgumentParser
+    job: argparse.ArgumentParser
+
+    @classmethod
+    def build(cls) -> Parents:
+        return cls(where_options(), image_options(), instance_options(), model_source_options(), job_options())
+
+
+# ---------------------------------------------------------------------------------------------
+# what the options turn into
+
+
+def target(args):
+    from .session import target as make_target
+
+    return make_target(args.local, region=args.region, role=args.role,
+                       **({"container_root": args.local_root, "serving_port": args.serving_port,
+                           "gpu": args.local_gpu} if args.local else {}))
+
+
+def image_uri(args) -> str:
+    uri = args.image_uri or os.environ.get(IMAGE_URI_ENV)
+    if not uri:
+        raise UserError(f"no image: give --image-uri or set ${IMAGE_URI_ENV} (ECR URI, or a local tag with --local)")
+    return uri
+
+
+def default_local_output(args) -> str:
+    return Path(args.local_root or ".", "imgclf-output").resolve().as_uri()
+
+
+def job_spec(args, target):
+    """The training job of a train, features or tune command: image, resources, hyperparameters."""
+    from .training import JobSpec
+
+    hyperparameters = {}
+    if getattr(args, "best_trial", None):  # the final model: the best trial's values, FINAL_EPOCHS epochs
+        from ..hpo import FINAL_EPOCHS
+        from .tuning import read_best
+
+        hyperparameters = {**read_best(Path(args.best_trial)), "epochs": FINAL_EPOCHS}
+    hyperparameters.update(given_hyperparameters(args))
+    if args.features:
+        hyperparameters["features"] = True
+    output = args.output_path or (default_local_output(args) if target.local else None)
+    return JobSpec(image_uri=image_uri(args), hyperparameters=hyperparameters, instance_type=args.instance_type,
+                   instance_count=args.instance_count, output_path=output, checkpoint_s3_uri=args.checkpoint_s3_uri,
+                   spot=args.spot, max_run=args.max_run, max_wait=args.max_wait, volume_size=args.volume_size)
+
+
+def inputs(args, target) -> dict[str, str]:
+    """Channel name -> URI from --data and the per-channel flags."""
+    from . import datasets
+
+    extra = dict(training=args.training, validation=args.validation, test=args.test,
+                 pretrained=args.pretrained_weights, features=args.features)
+    if target.local:
+        extra = {k: datasets.local_uri(v) for k, v in extra.items() if v}
+    if not args.data:
+        return datasets.channels(None, **extra)
+    if args.data.startswith("s3://"):
+        return datasets.channels(args.data, datasets.s3_splits(args.data, target.session.boto_session), **extra)
+    root = Path(args.data.removeprefix("file://"))
+    splits = datasets.check_layout(root)
+    return datasets.channels(datasets.local_uri(str(root)), splits, **extra)
+
+
+def model_data(args, target) -> str:
+    from . import datasets
+
+    if args.model_data:
+        return datasets.local_uri(args.model_data) if target.local else args.model_data
+    if args.training_job:
+        if target.local:
+            raise UserError("local jobs are not remembered between commands: give --model-data, the "
+                            "model.tar.gz that `imgclf train --local` printed")
+        job = target.session.sagemaker_client.describe_training_job(TrainingJobName=args.training_job)
+        return job["ModelArtifacts"]["S3ModelArtifacts"]
+    raise UserError("give --model-data (model.tar.gz URI) or --training-job NAME")

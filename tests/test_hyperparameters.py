@@ -1,0 +1,30 @@
+"""The hyperparameter table: the README's copy is generated from it, and stays so."""
+import pytest
+from conftest import ROOT
+
+from imgclf import hyperparameters as hp
+from imgclf.names import UserError
+
+
+def test_the_readme_table_is_the_code_table():
+    readme = (ROOT / "README.md").read_text()
+    assert hp.with_table(readme, hp.markdown_table()) == readme, \
+        "README's hyperparameter table differs: run python -m imgclf.hyperparameters --readme README.md"
+
+
+def test_a_new_hyperparameter_reaches_the_table_between_the_markers():
+    extra = hp.Hyperparameter("new-thing", int, 3, "a | b <c>", low=1)
+    text = f"intro\n{hp.README_BEGIN}\nold table\n{hp.README_END}\nrest\n"
+    out = hp.with_table(text, hp.markdown_table((*hp.HYPERPARAMETERS, extra)))
+    assert out.startswith(f"intro\n{hp.README_BEGIN}\n\n| name |") and out.endswith(f"{hp.README_END}\nrest\n")
+    assert "old table" not in out
+    assert "| `new-thing` | int | `3` | [1, inf) | a \\| b &lt;c> |" in out
+    with pytest.raises(ValueError, match="markers"):
+        hp.with_table("no markers here", "| table |")
+
+
+def test_profiler_interval_is_unset_unless_given_and_has_one_minimum():
+    assert hp.parse({}).profiler_interval_ms is None  # monitor settings fill it from profilerconfig.json or the default
+    assert hp.parse({"profiler-interval-ms": "500"}).profiler_interval_ms == 500
+    with pytest.raises(UserError, match=r"profiler-interval-ms=49 is out of range \[50, inf\)"):
+        hp.parse({"profiler-interval-ms": "49"})
