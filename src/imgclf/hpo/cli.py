@@ -1,6 +1,7 @@
 """`imgclf-tune`: the local tuner on the command line (see search.py).
 
     imgclf-tune --data ./data --output ./tuning --trials 8 --epochs 3 --arch efficientnet_lite0
+    imgclf-tune --data ./data --output ./worker-1 --storage sqlite:///tuning.db --trials 8   (one per worker)
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..layout import SPLIT_CHANNELS, check_layout
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
 from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
 from .search import BEST_FILE, DEFAULT_TRIAL_EPOCHS, Search, run
+from .study import STUDY_NAME
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -27,6 +29,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="imgclf-tuning", help="study, features, trials and best.json; rerunning "
                                                              "the same command here resumes the search")
     p.add_argument("--trials", type=int, default=8, help="finished (complete or pruned) trials to run")
+    p.add_argument("--storage", help="a study shared by several workers, on one machine or several: an RDB URL "
+                                     "(sqlite:///tuning.db, postgresql://...) or journal:///shared/fs/study.journal; "
+                                     "default: the study in --output")
+    p.add_argument("--study", default=STUDY_NAME, help="the study's name in --storage")
     p.add_argument("--pruner", default=DEFAULT_PRUNER, choices=PRUNERS)
     p.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
     p.add_argument("--no-features", dest="features", action="store_false",
@@ -50,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(args.data)
         channels = {SPLIT_CHANNELS[name]: (root / name).resolve() for name in check_layout(root)}
         search = Search(channels, Path(args.output).resolve(), trials=args.trials, fixed=fixed, pruner=args.pruner,
-                        seed=args.sampler_seed, features=args.features)
+                        seed=args.sampler_seed, features=args.features, storage=args.storage, study_name=args.study)
         best = run(search)
     except UserError as e:
         sys.exit(f"error: {e}")

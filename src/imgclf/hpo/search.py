@@ -8,6 +8,8 @@ Trials search `SEARCH_SPACE` and run in this process through `train.main`, the c
 - The study lives in `<output>/study.journal` (Optuna's journal file): a search killed at any
   point and rerun with the same command keeps its finished trials, runs the interrupted one
   again, and goes on to `trials` finished (complete or pruned) trials.
+- `storage` (an RDB URL or a journal on a shared filesystem, storage.py) shares one study between
+  workers on one machine or several: each runs its own trials until the study has `trials`.
 - With a frozen pretrained backbone, the backbone features of every image are computed once
   (an extract-features job into `<output>/features`) and every trial trains only the head.
 - `<output>/best.json` holds the best trial: its hyperparameters as `set_hyperparameters` takes
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,8 @@ from ..contract import TrainingEnvironment
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
 from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous
 from .progress import Progress
-from .study import best_record, finished, open_study, requeue_interrupted, trial_dir
+from .storage import HEARTBEAT_S, Heartbeat, surplus
+from .study import STUDY_NAME, best_record, finished, open_study, requeue_interrupted, running, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ class Search:
     pruner: str = DEFAULT_PRUNER
     seed: int = 0
     features: bool = True  # train heads on cached features when the backbone is frozen and pretrained
+    storage: str | None = None  # a study shared by several workers (storage.py); None: <output>/study.journal
+    study_name: str = STUDY_NAME
 
     def __post_init__(self):
         if self.trials < 1:
@@ -145,18 +151,35 @@ def run(search: Search, progress: Progress | None = None, callbacks=()) -> dict:
     progress.set_best(best and best["objective"]["value"], best and best["trial"])
     if progress.done:
         progress.note(f"resuming: {progress.done} of {search.trials} trials already finished")
-    while len(finished(study)) < search.trials:
-        trial = study.ask()
-        state, value = run_trial(search, study, trial, progress, features_channel, callbacks)
+    while (trial := next_trial(study, search, progress)) is not None:
+        with Heartbeat(trial):
+            state, value = run_trial(search, study, trial, progress, features_channel, callbacks)
         best = best_record(study, search.fixed, search.output)
         progress.set_best(best and best["objective"]["value"], best and best["trial"])
         progress.trial_ends(state, value)
         _keep_only_best_model(search, study)
     progress.finish()
+    best = best_record(study, search.fixed, search.output)  # other workers' trials count too
     if best is None:
         raise UserError(f"no trial completed: all {search.trials} were pruned or failed")
     (search.output / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
+
+
+def next_trial(study: optuna.Study, search: Search, progress: Progress) -> optuna.Trial | None:
+    """The next trial for this worker; None once the study has `trials` finished. While other
+    workers run the last ones it waits: one may be interrupted and need running again."""
+    while len(finished(study)) < search.trials:
+        requeue_interrupted(study, progress)
+        if len(finished(study)) + len(running(study)) >= search.trials:
+            time.sleep(HEARTBEAT_S / 2)
+            continue
+        trial = study.ask()
+        if not surplus(study, trial, search.trials):
+            progress.done = len(finished(study))  # other workers' trials included
+            return trial
+        study.tell(trial, state=TrialState.FAIL)  # asked beside another worker, one too many: never run
+    return None
 
 
 def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress: Progress,
