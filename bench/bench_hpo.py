@@ -8,6 +8,11 @@ augmentation off (cached features have none, so the naive search gets none eithe
 compute the same thing). The naive search pushes every image through the backbone in every
 epoch of every trial; the cached one computes the features once and trains only the heads.
 `--pruning` also runs the naive search with the median pruner and reports what it saved.
+Then the cached search once more under cProfile, for where a trial's time goes (build the network and
+load its weights, read the features, train, evaluate, checkpoint, write the artifact):
+
+    hpo-trial-split: trials=8 per_trial_s=<s> build_model=<%> features=<%> train=<%> ... other=<%>
+
 The last line is:
 
     hpo-bench: trials=8 naive_s=<s> cached_s=<s> ratio=<naive/cached> naive_best=<acc> cached_best=<acc>
@@ -17,7 +22,9 @@ The last line is:
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
+import pstats
 import sys
 import tempfile
 import time
@@ -49,6 +56,31 @@ def tune(data: Path, out: Path, *, trials: int, fixed: dict, features: bool, pru
     return seconds, best["objective"]["value"], pruned
 
 
+# where a cached trial's time goes: (module, function) of the training job's parts
+TRIAL_PARTS = {"build_model": ("builders.py", "build_model"), "features": ("features.py", "for_job"),
+               "train": ("engine.py", "train_one_epoch"), "evaluate": ("train.py", "evaluate_split"),
+               "checkpoint": ("checkpoint.py", "save_checkpoint"), "artifact": ("train.py", "write_artifact")}
+
+
+def trial_split(data: Path, out: Path, *, trials: int, fixed: dict, seed: int) -> str:
+    """The cached search again, under cProfile: each part's share of the trials' time."""
+    channels = {"training": data / "train", "validation": data / "valid", "test": data / "test"}
+    s = search.Search(channels, out, trials=trials, fixed=fixed, pruner="none", seed=seed)
+    profile = cProfile.Profile()
+    profile.runcall(search.run, s, Progress(trials, metric=OBJECTIVE_METRIC, epochs=s.epochs, stream=io.StringIO(),
+                                            live=False))
+    stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, ..., cumulative seconds, callers)
+
+    def seconds(module: str, name: str) -> float:
+        return sum(v[3] for (file, _, fn), v in stats.items() if fn == name and file.endswith(module))
+
+    total = seconds("search.py", "run_trial")
+    parts = {k: seconds(*where) for k, where in TRIAL_PARTS.items()}
+    parts["other"] = total - sum(parts.values())
+    return (f"hpo-trial-split: trials={trials} per_trial_s={total / trials:.2f} "
+            + " ".join(f"{k}={v / total:.0%}" for k, v in parts.items()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-class", type=int, default=40, help="photos per class (10 classes, split 70/15/15)")
@@ -78,6 +110,7 @@ def main() -> None:
                                                  **common)
             print(f"hpo-bench-pruning: trials={a.trials} pruned={pruned} no_pruning_s={naive_s:.1f} "
                   f"pruning_s={pruned_s:.1f} saved={1 - pruned_s / naive_s:.0%} best={pruned_best:.4f}")
+        print(trial_split(tmp / "data", tmp / "split", **common), flush=True)
     print(f"hpo-bench: trials={a.trials} naive_s={naive_s:.1f} cached_s={cached_s:.1f} ratio={naive_s / cached_s:.1f} "
           f"naive_best={naive_best:.4f} cached_best={cached_best:.4f}")
 

@@ -76,6 +76,8 @@ def test_search_with_cached_features_writes_best_and_resumes_without_redoing(tmp
     assert isinstance(hps["batch-size"], int) and 0.001 <= hps["lr"] <= 0.1 and "features" not in hps
     # only the best trial's artifact is kept
     assert [p.parent.name for p in (tmp_path / "out" / "trials").glob("*/model")] == [f"{saved['trial']:03d}"]
+    # a trial interrupted runs again whole: it writes no checkpoint
+    assert not list((tmp_path / "out" / "trials").glob("*/checkpoints/*"))
 
     again = io.StringIO()
     assert search.run(s, Progress(3, metric=OBJECTIVE_METRIC, epochs=2, stream=again, live=False)) == best

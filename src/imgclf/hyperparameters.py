@@ -91,6 +91,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "(or read the features channel) and train the head on them; no augmentation"),
     Hyperparameter("extract-features", bool, False, "only compute the backbone features of every channel into "
                    "the model dir, for a features channel of later jobs"),
+    Hyperparameter("checkpoint", bool, True, "save a checkpoint every epoch and on SIGTERM, which a restarted job "
+                   "resumes from (the local tuner's trials, rerun whole when interrupted, skip it)"),
     Hyperparameter("serving-formats", bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
                    "calibrated on training images and checked on the validation set (tuning trials skip them)"),
     # debugger and profiler (imgclf.debug)

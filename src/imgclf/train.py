@@ -95,7 +95,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     learner = build_learner(job, model, trains_head_only=uses_features(args))
     checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
-    state = TrainState(**(load_checkpoint(checkpoint, model, learner.optimizer, learner.scaler, card) or {}))
+    resumed = args.checkpoint and load_checkpoint(checkpoint, model, learner.optimizer, learner.scaler, card)
+    state = TrainState(**(resumed or {}))
     if state.epoch and topology.is_main:
         log.info("resumed from %s after epoch %d", checkpoint, state.epoch)
     callbacks.on_train_begin(TrainingJob(model, learner.criterion, learner.optimizer, args, env, topology, device))
@@ -106,7 +107,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         (env.output_data_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
 
     def save() -> None:
-        save_checkpoint(checkpoint, model, learner.optimizer, learner.scaler, state, card)
+        if args.checkpoint:
+            save_checkpoint(checkpoint, model, learner.optimizer, learner.scaler, state, card)
 
     if not fit(job, learner, loaders, state, stop, save):
         return SIGTERM_EXIT

@@ -33,6 +33,6 @@ SEARCH_SPACE = {
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.
-TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats")
+TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats", "checkpoint")
 # Every trial's: its model is not served (the final job's is), so it skips the serving formats.
 TRIAL_DEFAULTS = {"serving-formats": "false"}

@@ -187,7 +187,9 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress
     """One trial's training job, told to the study; ("complete" or "pruned", its last objective)."""
     point = suggest(trial, fixed=search.fixed)
     progress.trial_begins(trial.number + 1, point)
-    hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0"}
+    # an interrupted trial runs again from its start: its checkpoints would be written for nothing
+    hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0",
+           "checkpoint": "false"}
     channels = dict(search.channels)
     if features_channel:
         hps["features"] = "true"
@@ -203,8 +205,6 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress
     except Exception:
         study.tell(trial, state=TrialState.FAIL)
         raise  # Ctrl-C and SIGTERM leave it running: the next run of the search runs it again
-    finally:
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if state == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
     elif reporter.value is None:
