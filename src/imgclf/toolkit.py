@@ -97,12 +97,17 @@ def wait_for_hosts(hosts: list[str], timeout_s: float = HOST_WAIT_S) -> None:
                 time.sleep(1)
 
 
-def set_network_interface(name: str, hosts: list[str]) -> None:
-    """gloo and NCCL between hosts on resourceconfig.json's interface, when the container has it
-    (some runners name one it lacks: SDK v3 local mode writes `ethwe`)."""
-    if len(hosts) > 1 and os.path.exists(f"/sys/class/net/{name}"):
+def set_distributed_environment(env) -> None:
+    """As AWS's PyTorch container: MASTER_ADDR and MASTER_PORT for a script that joins its group from
+    them (torchrun sets its own), and gloo and NCCL between hosts on resourceconfig.json's interface
+    when the container has it (some runners name one it lacks: SDK v3 local mode writes `ethwe`)."""
+    from sagemaker_training import torch_distributed
+
+    os.environ.setdefault("MASTER_ADDR", env.master_hostname)
+    os.environ.setdefault("MASTER_PORT", torch_distributed.MASTER_PORT)
+    if len(env.hosts) > 1 and os.path.exists(f"/sys/class/net/{env.network_interface_name}"):
         for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
-            os.environ.setdefault(var, name)
+            os.environ.setdefault(var, env.network_interface_name)
 
 
 class SigtermRelay:
@@ -186,7 +191,7 @@ def main() -> None:
         raise ProgramExit("imgclf.toolkit", 2) from e
     if len(env.hosts) > 1:
         wait_for_hosts(env.hosts)
-    set_network_interface(env.network_interface_name, env.hosts)
+    set_distributed_environment(env)
     relay = SigtermRelay()
     relay.install()
     log.info("starting %s: %d process(es) per host on %d host(s)%s", launch.program, launch.processes_per_host,
