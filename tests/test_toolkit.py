@@ -43,7 +43,7 @@ def test_a_user_script_runs_as_in_the_pytorch_container():
 
 
 @pytest.mark.parametrize("hyperparameters, framework, message", [
-    ({"processes-per-host": 0}, {}, "processes-per-host=0 is out of range [1, inf)"),
+    ({"processes-per-host": 0}, {}, "processes-per-host=0 is out of range \\[1, inf\\)"),
     ({"processes-per-host": "two"}, {}, "argument --processes-per-host: invalid int value: 'two'"),
     ({}, {"sagemaker_mpi_enabled": True}, "torch_distributed only, not sagemaker_mpi_enabled"),
 ])
