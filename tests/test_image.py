@@ -39,6 +39,7 @@ def job_dir(root: Path, hyperparameters: dict, channels=("training", "validation
     config.mkdir(parents=True)
     (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (config / "inputdataconfig.json").write_text(json.dumps({c: {"TrainingInputMode": "File"} for c in channels}))
     for seed, channel in enumerate(channels):
         make_image_folder(root / "input" / "data" / channel, per_class=6, size=(40, 40), seed=seed)
     return root

@@ -13,7 +13,7 @@ import zipfile
 
 import boto3
 import pytest
-from conftest import make_image_folder
+from conftest import ROOT, make_image_folder
 from moto import mock_aws
 
 from imgclf.contract import UserError
@@ -194,6 +194,21 @@ def test_estimator_kwargs_carry_the_contract(aws):
     assert kwargs["checkpoint_local_path"] == "/opt/ml/checkpoints" and kwargs["checkpoint_s3_uri"] == "s3://b/ckpt"
     assert kwargs["use_spot_instances"] and kwargs["max_wait"] == spec.max_run
     assert (kwargs["instance_type"], kwargs["instance_count"], kwargs["role"]) == ("ml.g4dn.xlarge", 2, ROLE)
+
+
+def test_distribution_is_sent_as_the_sdks_pytorch_estimator_sends_it(aws):
+    from sagemaker.pytorch import PyTorch
+
+    asked = {"torch_distributed": {"enabled": True}}
+    sdk = PyTorch(entry_point="print_rank.py", source_dir=str(ROOT / "tests" / "user_script"), image_uri=IMAGE,
+                  role=ROLE, instance_type="ml.m5.large", instance_count=2, distribution=asked,
+                  sagemaker_session=aws.session).hyperparameters()
+    kwargs = training.estimator_kwargs(training.JobSpec(IMAGE, TINY, instance_count=2, distribution=asked), aws)
+    assert kwargs["hyperparameters"]["sagemaker_torch_distributed_enabled"] == sdk["sagemaker_torch_distributed_enabled"]
+    assert "sagemaker_torch_distributed_enabled" not in training.estimator_kwargs(training.JobSpec(IMAGE, TINY), aws)[
+        "hyperparameters"]
+    with pytest.raises(UserError, match="torch_distributed only, not mpi"):
+        training.estimator_kwargs(training.JobSpec(IMAGE, TINY, distribution={"mpi": {"enabled": True}}), aws)
 
 
 @pytest.mark.parametrize("hyperparameters, message", [

@@ -1,8 +1,10 @@
 """The launcher against the real image in SageMaker local mode (SDK v2, Docker Compose), no AWS account:
-train on two containers (torch.distributed over gloo), deploy, invoke with a photo, delete, a batch
-transform; the local tuner in one container and the final model from its best trial. Data: the
-bundled sample (Fashion-MNIST photos as JPEG, in folders named as the channels). Tiny on purpose:
-resnet18 from scratch or efficientnet_lite0's head, 32-pixel crops, one or two epochs."""
+train on two containers of two processes each (torchrun, gloo), deploy, invoke with a photo, delete,
+a batch transform; the same job with distribution={"torch_distributed": ...} and a user's own script
+through the SDK's PyTorch estimator; the local tuner in one container and the final model from its
+best trial. Data: the bundled sample (Fashion-MNIST photos as JPEG, in folders named as the
+channels). Tiny on purpose: resnet18 from scratch or efficientnet_lite0's head, 32-pixel crops, one
+or two epochs."""
 from __future__ import annotations
 
 import contextlib
@@ -18,13 +20,14 @@ import pytest
 from conftest import ROOT, free_port, require
 
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
-from imgclf.launch import cli, datasets, hosting, session
+from imgclf.launch import cli, datasets, hosting, session, training
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 SAMPLE = ROOT / "local_test" / "test_dir" / "input" / "data"
 HYPERPARAMETERS = {"arch": "resnet18", "pretrained": False, "epochs": 1, "image-size": 32, "batch-size": 4,
-                   "num-workers": 0}
+                   "num-workers": 0, "processes-per-host": 2}
+RANKS = 4  # 2 containers x processes-per-host
 
 
 def running_under(root, stopped_too: bool = False) -> list[str]:
@@ -75,12 +78,13 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
 
     # training through the command line, as a user runs it
     hyperparameters = [a for k, v in HYPERPARAMETERS.items() for a in (f"--{k}", str(v).lower())]
-    with timed(timings, "train (2 containers)"):
+    with timed(timings, "train (2 containers x 2 processes)"):
         cli.main(["train", "--local", "--image-uri", docker_image, "--data", str(data),
                   "--instance-count", "2", "--local-root", str(local_root), *hyperparameters])
     log = capsys.readouterr().out
     (model_data,) = [line.split(": ", 1)[1] for line in log.splitlines() if line.startswith("model artifact: ")]
-    assert "rank 0 of 2 (gloo)" in log and "rank 1 of 2 (gloo)" in log, log[-3000:]
+    assert all(f"rank {r} of {RANKS} (gloo)" in log for r in range(RANKS)), log[-3000:]
+    assert log.count("torchrun --nnodes 2 --nproc_per_node 2 --master_addr algo-1-") == 2  # one per container
     assert "valid_acc=" in log and "test_acc=" in log
     assert model_data.startswith((local_root / "imgclf-output" / "imgclf-").as_uri())  # a folder per job
     with tarfile.open(model_data.removeprefix("file://")) as tar:
@@ -116,6 +120,37 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
     assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
     assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in classes for a in answers)
     assert running_under(tmp_path) == []
+
+
+def test_torch_distributed_as_the_estimator_asks_and_a_users_script(docker_image, data, local_root, tmp_path,
+                                                                    capsys, timings):
+    """The default job with the SDK's distribution={"torch_distributed": {"enabled": True}}; then the
+    image in place of AWS's PyTorch container: the SDK's PyTorch estimator with our image_uri runs a
+    script of the user's (sagemaker_program, sagemaker_submit_directory) on 2 x 2 ranks."""
+    from sagemaker.pytorch import PyTorch
+
+    target = session.local_target(local_root)
+    distribution = {"torch_distributed": {"enabled": True}}
+    spec = training.JobSpec(docker_image, HYPERPARAMETERS, instance_count=2, distribution=distribution,
+                            output_path=(tmp_path / "default").as_uri())
+    inputs = datasets.channels(datasets.local_uri(data), datasets.check_layout(data))
+    with timed(timings, "train, torch_distributed (2 containers x 2 processes)"):
+        model_data = training.train(training.estimator(spec, target), inputs)
+    log = capsys.readouterr().out
+    assert all(f"rank {r} of {RANKS} (gloo)" in log for r in range(RANKS)), log[-3000:]
+    with tarfile.open(model_data.removeprefix("file://")) as tar:
+        assert {"model.pt", "model.json"} <= set(tar.getnames())
+
+    script = PyTorch(entry_point="print_rank.py", source_dir=str(ROOT / "tests" / "user_script"),
+                     image_uri=docker_image, framework_version="2.5", py_version="py311", role=target.role,
+                     instance_type="local", instance_count=2, distribution=distribution,
+                     hyperparameters={"epochs": 3, "processes-per-host": 2},
+                     output_path=(tmp_path / "script").as_uri(), sagemaker_session=target.session)
+    with timed(timings, "user script (2 containers x 2 processes)"):
+        script.fit(job_name=f"print-rank-{int(time.time())}")
+    log = capsys.readouterr().out
+    for r in range(RANKS):
+        assert f"user script: rank {r} of {RANKS} epochs=3 model_dir=/opt/ml/model" in log, log[-3000:]
 
 
 def test_local_tuner_in_one_container_then_the_final_model(docker_image, data, local_root, tmp_path, capsys,

@@ -172,11 +172,11 @@ def run_job(job: Callable[[], int | None], failure_file: Path) -> int:
     except BaseException as e:
         reason = failure_reason(e)
         log.exception("training failed: %s", reason)
-        _write_failure(failure_file, reason)
+        write_failure(failure_file, reason)
         return 2 if isinstance(e, UserError) else 1
 
 
-def _write_failure(failure_file: Path, reason: str) -> None:
+def write_failure(failure_file: Path, reason: str) -> None:
     """The first reason wins: a per-GPU process writes its own before the parent sees it exit."""
     if failure_file.exists():
         return

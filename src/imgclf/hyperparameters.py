@@ -78,6 +78,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("image-size", int, 224, "training crop; evaluation resizes to image-size / 0.875 and centre-crops",
                    low=16),
     Hyperparameter("num-workers", int, None, "DataLoader workers (default: CPUs per process)", low=0),
+    Hyperparameter("processes-per-host", int, 1, "training processes per CPU instance, started by torchrun "
+                   "(GPU instances start one per GPU)", low=1),
     Hyperparameter("seed", int, 0, "random seed (data order, head initialisation, held-out split)"),
     Hyperparameter("valid-split", float, 0.1, "fraction of training held out when there is no validation channel",
                    low=0, high=1, open="both"),

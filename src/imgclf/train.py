@@ -1,4 +1,4 @@
-"""Transfer-learning training job: what `docker run IMAGE train` runs.
+"""Transfer-learning training job: the program that `docker run IMAGE train` runs by default (toolkit.py).
 
 Reads the SageMaker contract (contract.py), trains with SGD, validates each epoch, tests at the
 end, writes the model artifact (model.py), checkpoints every epoch and on SIGTERM, and resumes
@@ -12,11 +12,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,10 +47,10 @@ def parse_hyperparameters(raw: dict[str, str], argv: list[str] | None = None) ->
 # the job
 
 
-def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0,
-         callbacks: Sequence[Callback] = ()) -> int:
-    """Train as `args` say; `callbacks` watch the loop (callbacks.py) and hear how it ended."""
-    topology = distributed.init(local_rank)
+def main(args: argparse.Namespace, env: TrainingEnvironment, callbacks: Sequence[Callback] = ()) -> int:
+    """Train as `args` say; `callbacks` watch the loop (callbacks.py) and hear how it ended.
+    Under torchrun, each process joins the process group that torchrun describes."""
+    topology = distributed.init()
     observers = Callbacks(callbacks)
     try:
         code = _train(args, env, topology, observers)
@@ -187,29 +185,10 @@ def write_artifact(job: Job, model: nn.Module, card: models.ModelCard, images: S
 # entry point
 
 
-def _worker(local_rank: int, args, env, failure_file: Path) -> None:
-    """A spawned per-GPU process: its own failure boundary, then its exit code."""
-    code = run_job(lambda: main(args, env, local_rank, callbacks=debug.callbacks(args, env)), failure_file)
-    if code:
-        sys.exit(code)
-
-
 def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
+    """One process of the job: all of it, or one rank of those that torchrun started (imgclf.toolkit)."""
     args = parse_hyperparameters(env.hyperparameters, argv)
-    nproc, dist_env = distributed.plan(env.hosts, env.current_host, env.network_interface)
-    os.environ.update(dist_env)
-    if nproc == 1:
-        return main(args, env, callbacks=debug.callbacks(args, env))
-    # one process per GPU; docker stop signals only us, so pass SIGTERM on for them to checkpoint
-    ctx = torch.multiprocessing.start_processes(
-        _worker, args=(args, env, env.failure_file), nprocs=nproc, join=False, start_method="spawn")
-    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in ctx.processes if p.is_alive()])
-    try:
-        while not ctx.join():
-            pass
-    except torch.multiprocessing.ProcessExitedException as e:
-        return e.exit_code or 1
-    return 0
+    return main(args, env, callbacks=debug.callbacks(args, env))
 
 
 def cli(argv: list[str] | None = None) -> None:
@@ -217,7 +196,8 @@ def cli(argv: list[str] | None = None) -> None:
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     env = TrainingEnvironment.from_env()
-    env.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run on this machine
+    if "RANK" not in os.environ:  # under torchrun, the launcher cleared it before any rank could fail
+        env.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run on this machine
     sys.exit(run_job(lambda: run(env, sys.argv[1:] if argv is None else argv), env.failure_file))
 
 

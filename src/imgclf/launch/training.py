@@ -6,6 +6,7 @@ container; nothing here imports torch.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sagemaker.estimator import Estimator
@@ -14,6 +15,7 @@ from sagemaker.utils import name_from_base
 from ..names import UserError
 from ..metrics import metric_definitions
 from ..hyperparameters import parse as parse_hyperparameters
+from ..toolkit import TORCH_DISTRIBUTED_ENABLED
 from .session import Target
 
 BASE_JOB_NAME = "imgclf"
@@ -26,6 +28,18 @@ def check_hyperparameters(hyperparameters: dict) -> dict[str, str]:
                   for name, value in hyperparameters.items()}
     parse_hyperparameters(as_strings)  # raises UserError naming the bad name or value
     return as_strings
+
+
+def distribution_hyperparameters(distribution: dict | None) -> dict[str, str]:
+    """The SDK's `distribution` as the hyperparameter that its PyTorch estimator sends for it (a
+    plain Estimator takes no `distribution`). The image runs torch_distributed, and uses torchrun
+    for imgclf-train whenever a job has several processes, asked or not."""
+    if not distribution:
+        return {}
+    others = sorted(set(distribution) - {"torch_distributed"})
+    if others:
+        raise UserError(f"the image runs torch_distributed only, not {', '.join(others)}")
+    return {TORCH_DISTRIBUTED_ENABLED: json.dumps(bool(distribution["torch_distributed"].get("enabled")))}
 
 
 @dataclass
@@ -43,6 +57,7 @@ class JobSpec:
     max_wait: int | None = None  # spot only: how long to wait for capacity, run time included
     volume_size: int = 30
     base_job_name: str = BASE_JOB_NAME
+    distribution: dict | None = None  # as the SDK's estimators take it: {"torch_distributed": {"enabled": True}}
 
 
 def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
@@ -56,7 +71,8 @@ def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
         role=target.role,
         instance_type=target.instance_type(spec.instance_type),
         instance_count=spec.instance_count,
-        hyperparameters=check_hyperparameters(spec.hyperparameters),
+        hyperparameters={**check_hyperparameters(spec.hyperparameters),
+                         **distribution_hyperparameters(spec.distribution)},
         metric_definitions=metric_definitions(),
         output_path=spec.output_path,
         base_job_name=spec.base_job_name,

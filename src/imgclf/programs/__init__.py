@@ -1,0 +1,1 @@
+"""Programs as script files, the form that sagemaker-training's runners start (python or torchrun)."""
