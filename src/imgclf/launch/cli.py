@@ -3,6 +3,7 @@
     imgclf data fetch ./data                       download and unpack dogImages.zip
     imgclf data check ./data/dogImages             class folders per split, image counts
     imgclf data upload ./data/dogImages s3://bucket/dogs
+    imgclf data pack ./data/dogImages ./shards     WebDataset tar shards of each split (upload them as above)
     imgclf train --data s3://bucket/dogs --epochs 5 --instance-count 2
     imgclf features --data s3://bucket/dogs --arch resnet50 --image-size 224
     imgclf tune --data s3://bucket/dogs --max-jobs 20 --max-parallel-jobs 2 [--features s3://.../model.tar.gz]
@@ -61,6 +62,11 @@ def cmd_data(args) -> None:
         root = datasets.fetch(Path(args.path), args.url or datasets.DOG_IMAGES_URL)
         print(f"data set in {root}")
         _print_layout(datasets.check_layout(root))
+    elif args.action == "pack":
+        if not args.s3_uri:
+            raise UserError("data pack needs a destination: imgclf data pack IMAGES SHARDS_DIR")
+        for name, index in datasets.pack(Path(args.path), Path(args.s3_uri), args.shard_size_mb).items():
+            print(f"{name}: {len(index.classes)} classes, {sum(index.shards.values())} images, {len(index.shards)} shards")
     elif args.action == "check":
         _print_layout(datasets.check_layout(Path(args.path)))
     elif args.local:  # upload: local mode reads the folder where it is
@@ -80,6 +86,7 @@ def _print_layout(splits) -> None:
 def cmd_train(args) -> None:
     from sagemaker.estimator import Estimator
 
+    from . import datasets
     from .training import estimator_kwargs, train
 
     target = _target(args)
@@ -89,7 +96,8 @@ def cmd_train(args) -> None:
         from . import debugger
 
         kwargs.update(debugger.estimator_kwargs(target, spec.hyperparameters))
-    result = train(Estimator(**kwargs), _inputs(args, target), wait=not args.no_wait)
+    inputs = datasets.sdk_inputs(_inputs(args, target), args.input_mode, args.distribution)
+    result = train(Estimator(**kwargs), inputs, wait=not args.no_wait)
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")
 
 
@@ -294,6 +302,7 @@ _HP_DESTS: dict[str, str] = {}  # hyperparameter name -> argparse dest, filled b
 
 def get_args_parser() -> argparse.ArgumentParser:
     from ..hyperparameters import HYPERPARAMETERS
+    from ..shards import DEFAULT_SHARD_SIZE_MB
 
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("where to run")
@@ -348,9 +357,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", parents=[common], help="fetch, check or upload a data set")
-    d.add_argument("action", choices=("fetch", "check", "upload"))
-    d.add_argument("path", help="fetch: destination folder; check, upload: the data root")
-    d.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix")
+    d.add_argument("action", choices=("fetch", "check", "pack", "upload"))
+    d.add_argument("path", help="fetch: destination folder; check, upload: the data root; pack: class folders "
+                                "or a data root")
+    d.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix; pack: destination folder")
+    d.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB, help="pack: WebDataset tar shards of about this size")
     d.add_argument("--url", default=None, help="fetch: archive URL (default: the dog-breed data set)")
     d.set_defaults(func=cmd_data)
 
@@ -361,6 +372,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     t.add_argument("--sagemaker-debugger", action="store_true",
                    help="also run SageMaker Debugger's rule containers and ProfilerReport on AWS (the image evaluates "
                         "the same rules and writes its own report in every job)")
+    t.add_argument("--input-mode", choices=("File", "FastFile"), help="FastFile: stream files from S3 as read")
+    t.add_argument("--distribution", choices=("FullyReplicated", "ShardedByS3Key"),
+                   help="ShardedByS3Key: each instance gets its own share of the training shards")
     t.set_defaults(func=cmd_train)
 
     f = sub.add_parser("features", parents=[common, image, job],

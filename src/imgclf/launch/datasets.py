@@ -1,7 +1,9 @@
-"""The data set: fetch the dog-breed images, check the class-folder layout, map folders to channels, upload.
+"""The data set: fetch the dog-breed images, check the class-folder layout, pack shards, map folders to
+channels, upload.
 
 A data set is a folder (or S3 prefix) with `train/`, and optionally `valid/` and `test/`, each
-holding one folder of images per class, as dogImages.zip unpacks. The splits become the training
+holding one folder of images per class, as dogImages.zip unpacks, or the WebDataset shards that
+`pack` made of them (shards.py). The splits become the training
 job's channels `training`, `validation` and `test`; folders already named after the channels
 (`training/`, `validation/`, as in a job's /opt/ml/input/data) are taken as they are.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .. import shards
 from ..contract import UserError
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out so
@@ -97,6 +100,10 @@ def check_layout(root: Path) -> dict[str, Split]:
         raise UserError(f"no train/ folder in {root}: expected train/, valid/, test/ with one folder per class")
     for name in present:
         folder = root / name
+        index = shards.read_index(folder)
+        if index is not None:  # packed by `imgclf data pack`
+            splits[name] = Split(name, index.classes, sum(index.shards.values()))
+            continue
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         counts = {c: _count_images(folder / c) for c in classes}
         empty = [c for c, n in counts.items() if n == 0]
@@ -120,6 +127,30 @@ def check_layout(root: Path) -> dict[str, Split]:
 
 def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+
+
+def pack(source: Path, dest: Path, shard_size_mb: float = shards.DEFAULT_SHARD_SIZE_MB) -> dict[str, shards.ShardIndex]:
+    """Pack class folders into shards: each split of a data root (train/ valid/ test/) into dest/<split>,
+    or the class folders of one split into dest."""
+    source, dest = Path(source), Path(dest)
+    present = [name for name in SPLIT_CHANNELS if (source / name).is_dir()]
+    if not present:
+        return {source.name: shards.pack(source, dest, shard_size_mb)}
+    check_layout(source)
+    return {name: shards.pack(source / name, dest / name, shard_size_mb) for name in present}
+
+
+def sdk_inputs(channels: dict[str, str], input_mode: str | None = None, distribution: str | None = None) -> dict:
+    """Channels as the SDK's TrainingInput where a mode or distribution is asked for. FastFile streams
+    each file from S3 as it is read; ShardedByS3Key gives each instance its own share of the training
+    channel's files (the other channels stay whole on every instance)."""
+    if not input_mode and not distribution:
+        return channels
+    from sagemaker.inputs import TrainingInput
+
+    return {name: TrainingInput(uri, input_mode=input_mode,
+                                distribution=distribution if name == "training" and distribution else "FullyReplicated")
+            for name, uri in channels.items()}
 
 
 def local_uri(location: str | Path) -> str:
