@@ -13,6 +13,7 @@ from PIL import Image
 from test_train import job_env, train_cli
 
 from imgclf import features, shards
+from imgclf.contract import UserError
 from imgclf import model as models
 from imgclf.data import make_loader
 from imgclf.launch import datasets
@@ -126,6 +127,15 @@ def test_each_rank_reads_distinct_shards_and_all_take_the_same_steps(tmp_path, w
         owners = {n: r for r, numbers in enumerate(read) for n in numbers}
         assert all(len({owners[n] for n in numbers}) == 1 for numbers in read)  # padding repeats own samples
     assert deal(views, index.shards, 5, 1) != deal(views, index.shards, 5, 2)  # a new order each epoch
+
+
+def test_more_ranks_than_shards_is_refused_on_every_rank(tmp_path):
+    index = write_uneven_shards(tmp_path / "shards", [3, 2])
+    for rank in range(3):
+        ds = ShardDataset(ShardChannel(tmp_path / "shards", index, [list(index.shards)] * 3, rank), ["a", "b"],
+                          train=True, batch_size=2)
+        with pytest.raises(UserError, match="1 rank.* no training samples .*--shard-size-mb"):
+            len(ds)
 
 
 def test_sharded_by_s3_key_the_ranks_of_a_host_split_its_share():

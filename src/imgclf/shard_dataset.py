@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import tarfile
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -57,7 +58,9 @@ class ShardChannel:
     @classmethod
     def open(cls, folder: Path) -> ShardChannel:
         """This process's view of a channel, and every other rank's when torch.distributed is running."""
-        index, present = read_index(folder), tuple(shard_files(folder))
+        index = read_index(folder)  # naming the shards: no directory listing to read where it is present
+        present = (tuple(s for s in index.shards if (Path(folder) / s).is_file()) if index
+                   else tuple(shard_files(folder)))
         found = [(index, present)]
         rank = 0
         if dist.is_available() and dist.is_initialized():
@@ -145,8 +148,10 @@ class ShardDataset(IterableDataset):
         self.batch_size, self.seed = batch_size, seed
         self.label_map = [list(classes).index(c) for c in channel.index.classes]
         self.positions, self.counts, offset = {}, {}, 0  # per shard: positions read (None: all) and count
+        ordered = sorted(select) if select is not None else None
         for shard, count in channel.index.shards.items():
-            kept = None if select is None else frozenset(p - offset for p in select if offset <= p < offset + count)
+            kept = None if ordered is None else frozenset(
+                p - offset for p in ordered[bisect_left(ordered, offset):bisect_left(ordered, offset + count)])
             self.positions[shard], self.counts[shard] = kept, count if kept is None else len(kept)
             offset += count
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
@@ -164,8 +169,8 @@ class ShardDataset(IterableDataset):
         shares = self.shares()
         totals = [sum(c for _, c in share) for share in shares]
         mine = totals[self.channel.rank]
-        if self.train and not mine:
-            raise UserError(f"{self.channel.folder}: rank {self.channel.rank} has no training samples "
+        if self.train and not all(totals):  # every rank stops here alike: none waits for a failed one
+            raise UserError(f"{self.channel.folder}: {totals.count(0)} rank(s) have no training samples "
                             f"({sum(map(len, shares))} shards for {len(shares)} ranks): pack smaller shards "
                             "(imgclf data pack --shard-size-mb) so that every rank gets one")
         return max(totals) if self.train else mine

@@ -66,7 +66,8 @@ def cmd_data(args) -> None:
         if not args.s3_uri:
             raise UserError("data pack needs a destination: imgclf data pack IMAGES SHARDS_DIR")
         for name, index in datasets.pack(Path(args.path), Path(args.s3_uri), args.shard_size_mb).items():
-            print(f"{name}: {len(index.classes)} classes, {sum(index.shards.values())} images, {len(index.shards)} shards")
+            images = sum(index.shards.values())
+            print(f"{name}: {len(index.classes)} classes, {images} images, {len(index.shards)} shards")
     elif args.action == "check":
         _print_layout(datasets.check_layout(Path(args.path)))
     elif args.local:  # upload: local mode reads the folder where it is
@@ -361,7 +362,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("path", help="fetch: destination folder; check, upload: the data root; pack: class folders "
                                 "or a data root")
     d.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix; pack: destination folder")
-    d.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB, help="pack: WebDataset tar shards of about this size")
+    d.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB,
+                   help="pack: WebDataset tar shards of about this size")
     d.add_argument("--url", default=None, help="fetch: archive URL (default: the dog-breed data set)")
     d.set_defaults(func=cmd_data)
 
