@@ -11,12 +11,12 @@ Files opened are counted for real: each pipeline runs once more under `strace -f
 trace=open,openat` (worker processes included), counting successful opens of paths under the
 data folder (directories and the index included); strace slows a process, so those runs are not
 timed. Where this process may write /proc/sys/vm/drop_caches (root), the page cache is dropped
-before every timed run; each kind runs twice, both rounds are printed, and the last line takes
-each kind's faster run:
+before every timed run; the kinds take turns for `--rounds` rounds, every round is printed, and
+the last line takes each kind's fastest run (other work on the machine only ever slows a run):
 
     data-bench: images=<n> loose_ips=<images/s> shards_ips=<images/s> loose_opens=<n> shards_opens=<n>
 
-    python bench/bench_data.py [--images 5000] [--num-workers 2] [--image-size 224]
+    python bench/bench_data.py [--images 5000] [--num-workers 2] [--image-size 224] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=5000, help="training images (at least)")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--image-size", type=int, default=224, help="the job's image-size (the transform's crop)")
+    p.add_argument("--rounds", type=int, default=3, help="timed runs of each kind, taking turns")
     p.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # one timed epoch in this process
     args = p.parse_args()
     if args.run:
@@ -117,7 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         loose, packed, n = prepare(Path(tmp), args.images)
         best = {"loose": 0.0, "shards": 0.0}
-        for round_ in (1, 2):
+        for round_ in range(1, args.rounds + 1):
             for kind, folder in (("loose", loose), ("shards", packed)):
                 dropped = drop_caches()
                 run = child(folder, args)
