@@ -13,15 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
-from . import distributed, features
+from . import distributed, features, shard_dataset
 from . import model as models
 from .callbacks import Callbacks
 from .contract import TrainingEnvironment, UserError
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .engine import autocast, memory_format
 from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
+from .shards import is_shard_folder
 
 log = logging.getLogger("imgclf.train")
 
@@ -94,6 +95,8 @@ def build_datasets(env: TrainingEnvironment, args, transforms: Transforms) -> Sp
     if "training" not in env.channels:
         raise UserError("no training channel: give images in class folders as the 'training' channel")
     root = env.channels["training"]
+    if is_shard_folder(root):  # WebDataset shards (shards.py)
+        return Splits(*shard_dataset.open_splits(env.channels, args, transforms.train, transforms.eval))
     classes = find_classes(root)
     train_ds = ImageFolderDataset(root, classes, transforms.train)
     if "validation" in env.channels:
@@ -169,17 +172,27 @@ def build_loaders(job: Job, splits: Splits) -> dict:
     """The training loader and an evaluation loader per split present."""
     args, topology = job.args, job.topology
     pin = job.device.type == "cuda"
+    if isinstance(splits.train, IterableDataset):  # shards: the dataset deals, shuffles and pads per rank
+        loaders = {"train": make_loader(splits.train, batch_size=args.batch_size, num_workers=job.num_workers,
+                                        drop_last=len(splits.train) > args.batch_size, pin_memory=pin)}
+        return _eval_loaders(job, splits, loaders)
     # the epoch's order from (seed, epoch) alone, whatever the loader's workers draw: images or cached
     # features are then seen in the same order, and a resumed epoch repeats the interrupted one's
     sampler = torch.utils.data.DistributedSampler(splits.train, topology.world_size, topology.rank, seed=args.seed)
     loaders = {"train": make_loader(
         splits.train, batch_size=args.batch_size, num_workers=job.num_workers, sampler=sampler, shuffle=True,
         drop_last=len(splits.train) > args.batch_size * topology.world_size, pin_memory=pin, seed=args.seed)}
+    return _eval_loaders(job, splits, loaders)
+
+
+def _eval_loaders(job: Job, splits: Splits, loaders: dict) -> dict:
+    topology = job.topology
     for split, ds in (("valid", splits.valid), ("test", splits.test)):
         if ds is not None:
-            shard = ShardSampler(len(ds), topology.rank, topology.world_size) if topology.distributed else None
-            loaders[split] = make_loader(ds, batch_size=args.batch_size, num_workers=job.num_workers,
-                                         sampler=shard, pin_memory=pin)
+            shard = (ShardSampler(len(ds), topology.rank, topology.world_size)
+                     if topology.distributed and not isinstance(ds, IterableDataset) else None)
+            loaders[split] = make_loader(ds, batch_size=job.args.batch_size, num_workers=job.num_workers,
+                                         sampler=shard, pin_memory=job.device.type == "cuda")
     return loaders
 
 

@@ -91,6 +91,12 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell the loader's sampler, or its shard dataset (shard_dataset.py), which epoch starts."""
+    target = loader.dataset if hasattr(loader.dataset, "set_epoch") else loader.sampler
+    target.set_epoch(epoch)
+
+
 def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """A seeded (train, validation) split of range(n), validation the given fraction."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

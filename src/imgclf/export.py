@@ -19,6 +19,7 @@ Every OpenVINO call that may start its CPU plugin goes through this module and i
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 import warnings
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .data import make_loader
 from .model import Agreement, ModelCard, ServingFormat, write_card
@@ -124,7 +125,12 @@ def with_transform(dataset: Dataset, transform) -> Dataset:
 
 
 def pixel_batches(dataset: Dataset, limit: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(pixels, labels) batches of at most `limit` images, drawn at random when there are more."""
+    """(pixels, labels) batches of at most `limit` images, drawn at random when there are more (from a
+    shard dataset: its first `limit`, in its own shuffled order)."""
+    if isinstance(dataset, IterableDataset):
+        batches = itertools.islice(make_loader(dataset, batch_size=BATCH, num_workers=0), -(-limit // BATCH))
+        yield from ((images, labels) for images, labels, _ in batches if len(images))
+        return
     if len(dataset) > limit:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
         dataset = Subset(dataset, sorted(order.tolist()))

@@ -48,7 +48,10 @@ def file_digest(path: Path) -> str:
 
 
 def data_identity(dataset) -> list[list]:
-    """[relative path, size, mtime_ns] of every image of a dataset (an ImageFolderDataset or a Subset of one)."""
+    """[relative path, size, mtime_ns] of every image of a dataset (an ImageFolderDataset or a Subset of one),
+    or of every shard file of a ShardDataset."""
+    if hasattr(dataset, "data_identity"):
+        return dataset.data_identity()
     indices = None
     if isinstance(dataset, Subset):
         dataset, indices = dataset.dataset, list(dataset.indices)

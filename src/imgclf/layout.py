@@ -1,5 +1,6 @@
 """A data set's layout: `train/`, optionally `valid/` and `test/`, each one folder of images per
-class (torchvision's ImageFolder), as dogImages.zip unpacks; folders already named after the
+class (torchvision's ImageFolder), as dogImages.zip unpacks, or the WebDataset shards that `imgclf data
+pack` made of them (shards.py); folders already named after the
 training job's channels (`training/`, `validation/`) are taken as they are.
 
 Read by the launcher (`imgclf data check`, `--data`) and the local tuner; imports neither torch
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import shards
 from .names import UserError
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out so
@@ -46,6 +48,10 @@ def check_layout(root: Path) -> dict[str, Split]:
         raise UserError(f"no train/ folder in {root}: expected train/, valid/, test/ with one folder per class")
     for name in present:
         folder = root / name
+        index = shards.read_index(folder)
+        if index is not None:  # packed by `imgclf data pack`
+            splits[name] = Split(name, index.classes, sum(index.shards.values()))
+            continue
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
         counts = {c: _count_images(folder / c) for c in classes}
         empty = [c for c, n in counts.items() if n == 0]

@@ -27,6 +27,7 @@ from .builders import (Job, Learner, Splits, build_learner, build_loaders, build
 from .callbacks import Callback, Callbacks, TrainingJob
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .contract import TrainingEnvironment, UserError, failure_reason, run_job
+from .data import set_epoch
 from .engine import SIGTERM_EXIT, StopRequest, TrainState, evaluate, train_one_epoch, unwrap
 from .metrics import format_metrics
 
@@ -135,7 +136,7 @@ def fit(job: Job, learner: Learner, loaders: dict, state: TrainState, stop: Stop
     args, topology, device, callbacks = job.args, job.topology, job.device, job.callbacks
     while state.epoch < args.epochs:
         epoch = state.epoch + 1
-        loaders["train"].sampler.set_epoch(epoch)
+        set_epoch(loaders["train"], epoch)
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(learner.net, learner.criterion, learner.optimizer, learner.scaler,

@@ -1,7 +1,8 @@
-"""The data set: fetch the dog-breed images, map split folders to channels, upload.
+"""The data set: fetch the dog-breed images, pack shards, map split folders to channels, upload.
 
-The layout (train/ [valid/ test/], one folder per class) is checked by `imgclf.layout`; the
-splits become the training job's channels `training`, `validation` and `test`.
+The layout (train/ [valid/ test/], one folder per class, or shards of them that `pack` wrote) is
+checked by `imgclf.layout`; the splits become the training job's channels `training`,
+`validation` and `test`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .. import shards
 from ..layout import SPLIT_CHANNELS, check_layout
 from ..names import UserError
 
@@ -61,6 +63,30 @@ def find_root(folder: Path) -> Path:
     if len(found) != 1:
         raise UserError(f"expected one folder with train/ in {folder}, found {len(found)}")
     return found[0]
+
+
+def pack(source: Path, dest: Path, shard_size_mb: float = shards.DEFAULT_SHARD_SIZE_MB) -> dict[str, shards.ShardIndex]:
+    """Pack class folders into shards: each split of a data root (train/ valid/ test/) into dest/<split>,
+    or the class folders of one split into dest."""
+    source, dest = Path(source), Path(dest)
+    present = [name for name in SPLIT_CHANNELS if (source / name).is_dir()]
+    if not present:
+        return {source.name: shards.pack(source, dest, shard_size_mb)}
+    check_layout(source)
+    return {name: shards.pack(source / name, dest / name, shard_size_mb) for name in present}
+
+
+def sdk_inputs(channels: dict[str, str], input_mode: str | None = None, distribution: str | None = None) -> dict:
+    """Channels as the SDK's TrainingInput where a mode or distribution is asked for. FastFile streams
+    each file from S3 as it is read; ShardedByS3Key gives each instance its own share of the training
+    channel's files (the other channels stay whole on every instance)."""
+    if not input_mode and not distribution:
+        return channels
+    from sagemaker.inputs import TrainingInput
+
+    return {name: TrainingInput(uri, input_mode=input_mode,
+                                distribution=distribution if name == "training" and distribution else "FullyReplicated")
+            for name, uri in channels.items()}
 
 
 def local_uri(location: str | Path) -> str:

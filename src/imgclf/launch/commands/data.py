@@ -1,17 +1,21 @@
-"""`imgclf data fetch|check|upload`."""
+"""`imgclf data fetch|check|pack|upload`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ...names import UserError
+from ...shards import DEFAULT_SHARD_SIZE_MB
 from .. import options
 
 
 def add_parser(sub, parents: options.Parents) -> None:
-    p = sub.add_parser("data", parents=[parents.where], help="fetch, check or upload a data set")
-    p.add_argument("action", choices=("fetch", "check", "upload"))
-    p.add_argument("path", help="fetch: destination folder; check, upload: the data root")
-    p.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix")
+    p = sub.add_parser("data", parents=[parents.where], help="fetch, check, pack or upload a data set")
+    p.add_argument("action", choices=("fetch", "check", "pack", "upload"))
+    p.add_argument("path", help="fetch: destination folder; check, upload: the data root; pack: class folders "
+                                "or a data root")
+    p.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix; pack: destination folder")
+    p.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB,
+                   help="pack: WebDataset tar shards of about this size")
     p.add_argument("--url", default=None, help="fetch: archive URL (default: the dog-breed data set)")
     p.set_defaults(func=run)
 
@@ -23,6 +27,12 @@ def run(args) -> None:
         root = datasets.fetch(Path(args.path), args.url or datasets.DOG_IMAGES_URL)
         print(f"data set in {root}")
         _print_layout(datasets.check_layout(root))
+    elif args.action == "pack":
+        if not args.s3_uri:
+            raise UserError("data pack needs a destination: imgclf data pack IMAGES SHARDS_DIR")
+        for name, index in datasets.pack(Path(args.path), Path(args.s3_uri), args.shard_size_mb).items():
+            images = sum(index.shards.values())
+            print(f"{name}: {len(index.classes)} classes, {images} images, {len(index.shards)} shards")
     elif args.action == "check":
         _print_layout(datasets.check_layout(Path(args.path)))
     elif args.local:  # upload: local mode reads the folder where it is

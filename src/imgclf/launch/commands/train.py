@@ -14,6 +14,9 @@ def add_parser(sub, parents: options.Parents) -> None:
     t.add_argument("--sagemaker-debugger", action="store_true",
                    help="also run SageMaker Debugger's rule containers and ProfilerReport on AWS (the image evaluates "
                         "the same rules and writes its own report in every job)")
+    t.add_argument("--input-mode", choices=("File", "FastFile"), help="FastFile: stream files from S3 as read")
+    t.add_argument("--distribution", choices=("FullyReplicated", "ShardedByS3Key"),
+                   help="ShardedByS3Key: each instance gets its own share of the training shards")
     t.set_defaults(func=run_train)
 
     f = sub.add_parser("features", parents=job,
@@ -24,6 +27,7 @@ def add_parser(sub, parents: options.Parents) -> None:
 def run_train(args) -> None:
     from sagemaker.estimator import Estimator
 
+    from ..datasets import sdk_inputs
     from ..training import estimator_kwargs, train
 
     target = options.target(args)
@@ -33,7 +37,8 @@ def run_train(args) -> None:
         from .. import debugger
 
         kwargs.update(debugger.estimator_kwargs(target, spec.hyperparameters))
-    result = train(Estimator(**kwargs), options.inputs(args, target), wait=not args.no_wait)
+    inputs = sdk_inputs(options.inputs(args, target), args.input_mode, args.distribution)
+    result = train(Estimator(**kwargs), inputs, wait=not args.no_wait)
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")
 
 
