@@ -101,6 +101,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("debug-collections", str, "", "smdebug collections to save without a debughookconfig.json, "
                    "e.g. losses,weights,gradients,biases (saved to <output data>/tensors)"),
     Hyperparameter("debug-save-interval", int, 100, "steps between saved tensors", low=1),
+    Hyperparameter("tensorboard-dir", str, "", "write TensorBoard event files here (imgclf.tracking); a job with "
+                   "SageMaker's TensorBoardOutputConfig writes them to its LocalPath without it"),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

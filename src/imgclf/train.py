@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import debug, distributed, export, features, hyperparameters
+from . import debug, distributed, export, features, hyperparameters, tracking
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -383,7 +383,8 @@ def default_workers(topology: distributed.Topology) -> int:
 
 def _worker(local_rank: int, args, env, failure_file: Path) -> None:
     """A spawned per-GPU process: its own failure boundary, then its exit code."""
-    code = run_job(lambda: main(args, env, local_rank, callbacks=debug.callbacks(args, env)), failure_file)
+    code = run_job(lambda: main(args, env, local_rank,
+                                callbacks=tracking.with_tracking(debug.callbacks(args, env), args, env)), failure_file)
     if code:
         sys.exit(code)
 
@@ -393,7 +394,7 @@ def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
     nproc, dist_env = distributed.plan(env.hosts, env.current_host, env.network_interface)
     os.environ.update(dist_env)
     if nproc == 1:
-        return main(args, env, callbacks=debug.callbacks(args, env))
+        return main(args, env, callbacks=tracking.with_tracking(debug.callbacks(args, env), args, env))
     # one process per GPU; docker stop signals only us, so pass SIGTERM on for them to checkpoint
     ctx = torch.multiprocessing.start_processes(
         _worker, args=(args, env, env.failure_file), nprocs=nproc, join=False, start_method="spawn")

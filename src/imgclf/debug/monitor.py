@@ -16,110 +16,18 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from ..callbacks import Callback
-from ..contract import UserError
 from . import report
 from .jobdata import JobData
-from .profiler_rules import PROFILER_RULES
-from .rules import TRAINING_RULES, PoorWeightInitialization, build_rules, parse_rule_parameters
-from .tensors import HookSettings, TensorSaver
+from .rules import PoorWeightInitialization
+from .settings import MonitorSettings
 
 log = logging.getLogger("imgclf.profiler")
 
 CHECK_INTERVAL = 10  # steps between rule evaluations
-PROFILER_CONFIG_FILE = "profilerconfig.json"
 DEBUG_DIR = "debug"  # under the output data dir: profiles and traces
 GRADIENT_SAMPLE = 100_000  # gradient values kept for the percentile range
-
-
-def callbacks(args, env) -> list[Callback]:
-    """The debugger and profiler callbacks that the job's hyperparameters and config files ask for."""
-    out: list[Callback] = []
-    hook = HookSettings.from_job(args, env)
-    if hook is not None:
-        out.append(TensorSaver(hook))
-    settings = MonitorSettings.from_job(args, env)
-    if settings.profiler or settings.rules:
-        out.append(Monitor(settings))
-    return out
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    output_data_dir: Path
-    profiler: bool = True  # system metrics and step timings
-    rules: bool = True
-    rule_parameters: tuple = ()  # ((rule name, {param: value} or False), ...)
-    interval_ms: int = 500
-    trace_steps: tuple[int, int] | None = None  # first and last global step traced with torch.profiler
-    device_sync: bool = False
-
-    @classmethod
-    def from_job(cls, args, env) -> MonitorSettings:
-        """Hyperparameters, with profilerconfig.json's interval and detailed-profiling window when the
-        hyperparameters leave them at their defaults."""
-        known = {c.name for c in TRAINING_RULES + PROFILER_RULES}
-        overrides = parse_rule_parameters(args.rule_parameters, known)
-        interval, trace = args.profiler_interval_ms, parse_trace_steps(args.profiler_trace_steps)
-        file_interval, file_trace = _read_profiler_config(getattr(env, "config_dir", None))
-        if interval == 500 and file_interval:
-            interval = file_interval
-        trace = trace or file_trace
-        if interval < 50:
-            raise UserError(f"bad hyperparameter: profiler-interval-ms={interval} is below 50")
-        settings = cls(output_data_dir=env.output_data_dir, profiler=args.profiler, rules=args.rules,
-                       rule_parameters=tuple(overrides.items()), interval_ms=interval, trace_steps=trace,
-                       device_sync=args.profiler_device_sync)
-        settings.build_rules()  # a bad parameter fails the job before training
-        return settings
-
-    def build_rules(self):
-        overrides = dict(self.rule_parameters)
-        rules = build_rules(PROFILER_RULES, overrides) if self.profiler else []
-        return (build_rules(TRAINING_RULES, overrides) if self.rules else []) + rules
-
-
-def parse_trace_steps(text) -> tuple[int, int] | None:
-    """`profiler-trace-steps`: "FIRST-LAST" (global training steps, from 1) or "" for none."""
-    text = str(text or "").strip()
-    if not text:
-        return None
-    try:
-        first, _, last = text.partition("-")
-        span = int(first), int(last or first)
-    except ValueError:
-        span = (0, 0)
-    if not 1 <= span[0] <= span[1]:
-        raise UserError(f"bad hyperparameter: profiler-trace-steps={text!r}, expected FIRST-LAST such as 5-7")
-    return span
-
-
-def _read_profiler_config(config_dir) -> tuple[int | None, tuple[int, int] | None]:
-    """(interval ms, traced steps) from SageMaker's profilerconfig.json; its keys in any case."""
-    path = Path(config_dir) / PROFILER_CONFIG_FILE if config_dir else None
-    if path is None or not path.is_file():
-        return None, None
-    try:
-        config = _lower_keys(json.loads(path.read_text()))
-        params = _lower_keys(config.get("profilingparameters"))
-        interval = params.get("profilingintervalinmilliseconds") or config.get("profilingintervalinmilliseconds")
-        detailed = params.get("detailedprofilingconfig")
-        detailed = _lower_keys(json.loads(detailed) if isinstance(detailed, str) else detailed or {})
-        trace = None
-        if "startstep" in detailed:
-            first = int(detailed["startstep"]) + 1  # Debugger counts steps from 0
-            trace = (first, first + int(detailed.get("numsteps", 1)) - 1)
-        return (int(interval) if interval else None), trace
-    except (ValueError, TypeError, AttributeError) as e:
-        log.warning("ignoring %s: %s", path, e)
-        return None, None
-
-
-def _lower_keys(d):
-    return {str(k).lower(): v for k, v in d.items()} if isinstance(d, dict) else {}
 
 
 def _safe(method):
@@ -157,6 +65,7 @@ class Monitor(Callback):
         self._step_variances: dict[str, float] = {}
         self._evaluating = False  # in a validation or test pass (a frozen backbone is in eval mode throughout)
         self._poor_init = next((r for r in self.rules if isinstance(r, PoorWeightInitialization)), None)
+        self._new_layers = None  # the layers PoorWeightInitialization judges
         self._topology = None
 
     # --- callback events -------------------------------------------------------------------
@@ -175,7 +84,9 @@ class Monitor(Callback):
 
             self.system = SystemMonitor(d.system, self.settings.interval_ms, d.gpus).start()
         if self._poor_init is not None:
-            self._hook_activations(job.model, self._poor_init.activation_inputs_regex)
+            self._new_layers, self._poor_init.scope = PoorWeightInitialization.new_layers(job.model,
+                                                                                             job.args.pretrained)
+            self._hook_activations(self._new_layers, self._poor_init.activation_inputs_regex)
         if self.settings.trace_steps and self.settings.trace_steps[0] == 1:
             self._start_trace()
 
@@ -234,11 +145,25 @@ class Monitor(Callback):
 
     @_safe
     def on_train_end(self, history):
+        self._finish(gather=True)
+
+    @_safe
+    def on_train_abort(self, reason: str):
+        """SIGTERM or an exception: the profile and the report all the same, saying how the job ended.
+        No gathering: the other processes may never get there."""
+        kind = "stopped" if "SIGTERM" in reason else "failed"
+        self.data.ending = {"kind": kind, "reason": reason}
+        self._finish(gather=False)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _finish(self, gather: bool) -> None:
+        """This process's profile, and on the main process the report."""
         self.data.end = time.time()
         self._check(final=True)
         self._stop_threads()
         self.data.rules = [r.summary() for r in self.rules]
-        profiles = self._gather()
+        profiles = self._gather() if gather else [self.data] if self._is_main() else []
         out = self.settings.output_data_dir
         (out / DEBUG_DIR).mkdir(parents=True, exist_ok=True)
         path = out / DEBUG_DIR / f"profile-{self.data.host}-rank{self.data.rank}.json"
@@ -247,7 +172,8 @@ class Monitor(Callback):
             html = report.write(profiles, out / report.REPORT_FILE)
             log.info("profiler report: %s", html)
 
-    # --- helpers --------------------------------------------------------------------------
+    def _is_main(self) -> bool:
+        return self._topology is None or self._topology.is_main
 
     def _check(self, final: bool = False) -> None:
         self._read_losses()
@@ -263,7 +189,7 @@ class Monitor(Callback):
 
     def _gradient_statistics(self, step: int, ranges: bool) -> None:
         """Mean |gradient| per trainable tensor (VanishingGradient); with `ranges`, the 5th-95th
-        percentile width of a sample of all gradient values (PoorWeightInitialization)."""
+        percentile width of a sample of the new layers' gradient values (PoorWeightInitialization)."""
         import torch
 
         named = [(name, p.grad) for name, p in self._model.named_parameters() if p.grad is not None]
@@ -272,8 +198,9 @@ class Monitor(Callback):
         with torch.no_grad():
             means = torch.stack([g.detach().abs().float().mean() for _, g in named]).cpu().tolist()
             self.data.gradient_means.append((step, {name: m for (name, _), m in zip(named, means)}))
-            if ranges:
-                flat = torch.cat([g.detach().float().flatten() for _, g in named])
+            new = [p.grad for p in self._new_layers.parameters() if p.grad is not None] if ranges else []
+            if new:
+                flat = torch.cat([g.detach().float().flatten() for g in new])
                 if flat.numel() > GRADIENT_SAMPLE:
                     flat = flat[:: flat.numel() // GRADIENT_SAMPLE]
                 lo, hi = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device)).cpu().tolist()

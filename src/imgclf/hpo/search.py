@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from .. import hyperparameters
 from ..callbacks import Callback
 from ..contract import TrainingEnvironment, UserError
+from ..tracking.search import SearchRuns, search_runs
 from . import (FINAL_EPOCHS, OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical,
                Continuous)
 from .progress import Progress
@@ -192,8 +193,9 @@ def compute_features(search: Search, progress: Progress) -> Path:
     return where
 
 
-def run(search: Search, progress: Progress | None = None) -> dict:
-    """Run (or resume) the search; returns best.json's content."""
+def run(search: Search, progress: Progress | None = None, runs: SearchRuns | None = None) -> dict:
+    """Run (or resume) the search; returns best.json's content. `runs` logs it to MLflow."""
+    runs = runs or SearchRuns(None, {}, "")
     study = open_study(search)
     progress = progress or Progress(search.trials, metric=OBJECTIVE_METRIC, epochs=search.epochs)
     progress.done = len(finished(study))
@@ -216,12 +218,13 @@ def run(search: Search, progress: Progress | None = None) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         reporter = ReportToTrial(trial, progress, pruning=search.pruner != "none")
         try:
-            run_job(job_env(channels, folder, hps), callbacks=[reporter])
+            run_job(job_env(channels, folder, hps), callbacks=[*runs.trial(trial.number), reporter])
             state = "complete"
         except optuna.TrialPruned:
             state = "pruned"
         except Exception:
             study.tell(trial, state=TrialState.FAIL)
+            runs.trial_ended(trial.number, "failed", None)
             raise  # Ctrl-C and SIGTERM leave it running: the next run of the search runs it again
         finally:
             shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -235,8 +238,10 @@ def run(search: Search, progress: Progress | None = None) -> dict:
         best = best_record(study, search)
         progress.set_best(best and best["objective"]["value"], best and best["trial"])
         progress.trial_ends(state, reporter.value)
+        runs.trial_ended(trial.number, state, reporter.value)
         _keep_only_best_model(search, study)
     progress.finish()
+    runs.finish(best)
     if best is None:
         raise UserError(f"no trial completed: all {search.trials} were pruned or failed")
     (search.output / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
@@ -302,7 +307,8 @@ def cli(argv: list[str] | None = None) -> None:
         channels = {SPLIT_CHANNELS[name]: (root / name).resolve() for name in check_layout(root)}
         search = Search(channels, Path(args.output).resolve(), trials=args.trials, fixed=fixed, pruner=args.pruner,
                         seed=args.sampler_seed, features=args.features)
-        best = run(search)
+        with search_runs(search) as runs:
+            best = run(search, runs=runs)
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -1,0 +1,68 @@
+"""MLflow tracking against a real server (SQLite, local artifacts): the run of a job, of a search
+(parent and children), an unreachable server, the SageMaker ARN plugin."""
+import logging
+
+import pytest
+from conftest import free_port
+from mlflow_support import mlflow_server, runs_of  # noqa: F401 (fixture)
+from test_train import job_env
+
+from imgclf.tracking import with_tracking
+from imgclf.tracking.settings import MlflowSettings
+from imgclf.train import main, parse_hyperparameters
+
+
+def train(env, environ):
+    args = parse_hyperparameters(env.hyperparameters)
+    from imgclf import debug
+
+    return main(args, env, callbacks=with_tracking(debug.callbacks(args, env), args, env, environ))
+
+
+def test_a_job_logs_one_run_with_params_metrics_and_artifacts(mlflow_server, image_folders, tmp_path):
+    environ = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "job-test",
+               "TRAINING_JOB_NAME": "imgclf-job-1"}
+    env = job_env(tmp_path, image_folders, epochs="3", lr="0.05")
+    assert train(env, environ) == 0
+    client, runs = runs_of(mlflow_server, "job-test")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "imgclf-job-1"
+    assert run.data.params["lr"] == "0.05" and run.data.params["arch"] == "resnet18"
+    assert run.data.tags["sagemaker.job_name"] == "imgclf-job-1" and "imgclf.image" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "valid_acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert all(0 <= m.value <= 1 for m in history)
+    assert "test_acc" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.json", "metrics.json", "profiler-report.html"} <= names
+    html = open(client.download_artifacts(run.info.run_id, "profiler-report.html", str(tmp_path))).read()
+    assert "Rules summary" in html
+
+
+def test_an_unreachable_server_is_one_warning_and_training_goes_on(image_folders, tmp_path, caplog):
+    environ = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    env = job_env(tmp_path, image_folders)
+    with caplog.at_level(logging.INFO):
+        assert train(env, environ) == 0
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "mlflow" in r.getMessage().lower()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "training goes on" in warnings[0].getMessage()
+    assert (env.model_dir / "model.json").is_file()
+
+
+def test_no_tracking_uri_no_mlflow_callback(image_folders, tmp_path):
+    env = job_env(tmp_path, image_folders)
+    args = parse_hyperparameters(env.hyperparameters)
+    assert with_tracking([], args, env, {}) == []
+    assert MlflowSettings.from_environ({"MLFLOW_TRACKING_URI": " "}) is None
+
+
+def test_a_sagemaker_mlflow_arn_selects_the_sagemaker_plugin():
+    """What the ARN form can be checked for without AWS: MLflow hands it to sagemaker-mlflow's store."""
+    pytest.importorskip("sagemaker_mlflow")
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/imgclf"
+    builder = _tracking_store_registry.get_store_builder(arn)
+    assert builder.__module__.startswith("sagemaker_mlflow"), builder
