@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profiling overhead: training throughput with and without the job's profiler and rules.
 
-Both sides run the product's training step (`imgclf.train.train_one_epoch`) on the same model and
+Both sides run the product's training step (`imgclf.engine.train_one_epoch`) on the same model and
 the same in-memory batches (no data loading, so the step is as short as it gets and the overhead
 as large as it gets); one side passes the callback the job installs by default (`imgclf.debug`:
 system metrics every 500 ms on a thread, step timings and losses, gradient and activation
@@ -30,7 +30,8 @@ from imgclf import distributed
 from imgclf import model as models
 from imgclf.callbacks import Callbacks, TrainingJob
 from imgclf.debug.monitor import Monitor, MonitorSettings
-from imgclf.train import StopRequest, str2bool, train_one_epoch
+from imgclf.engine import StopRequest, train_one_epoch
+from imgclf.hyperparameters import str2bool
 
 
 class Limited:

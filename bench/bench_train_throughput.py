@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: the product's training step fed from JPEG files vs from tensors in memory.
 
-Both runs use the same network, optimizer and step function (`imgclf.train.train_one_epoch`);
+Both runs use the same network, optimizer and step function (`imgclf.engine.train_one_epoch`);
 only the input differs:
   * memory: pre-made batches of random tensors, no decoding (the upper bound);
   * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
@@ -34,7 +34,8 @@ from imgclf.callbacks import Callbacks
 from imgclf.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.hyperparameters import str2bool
 from imgclf.presets import ClassificationPresetTrain
-from imgclf.train import StopRequest, default_workers, train_one_epoch
+from imgclf.builders import default_workers
+from imgclf.engine import StopRequest, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
 
