@@ -66,3 +66,30 @@ def test_a_sagemaker_mlflow_arn_selects_the_sagemaker_plugin():
     arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/imgclf"
     builder = _tracking_store_registry.get_store_builder(arn)
     assert builder.__module__.startswith("sagemaker_mlflow"), builder
+
+
+def test_a_search_is_a_parent_run_with_a_child_per_trial(mlflow_server, image_folders, tmp_path):
+    from imgclf.hpo.search import Search, run
+    from imgclf.tracking.search import TRIAL_STATE_TAG, search_runs
+
+    environ = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "search-test"}
+    channels = {"training": image_folders / "train", "validation": image_folders / "valid"}
+    fixed = {k: v for k, v in job_env(tmp_path, image_folders).hyperparameters.items() if k != "log-interval"}
+    search = Search(channels, tmp_path / "search", trials=4, fixed={**fixed, "epochs": "3"}, pruner="median")
+    with search_runs(search, environ) as runs:
+        best = run(search, runs=runs)
+    client, all_runs = runs_of(mlflow_server, "search-test")
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["trials"] == "4" and parent.data.params["fixed.arch"] == "resnet18"
+    assert parent.data.metrics["best_valid_acc"] == pytest.approx(best["objective"]["value"])
+    assert "best.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["trial 001", "trial 002", "trial 003", "trial 004"]
+    for child in children:
+        state = child.data.tags[TRIAL_STATE_TAG]
+        assert (state, child.info.status) in (("complete", "FINISHED"), ("pruned", "KILLED")), (state, child.info)
+        epochs = [m.step for m in client.get_metric_history(child.info.run_id, "valid_acc")]
+        assert epochs == list(range(1, len(epochs) + 1)) and (len(epochs) == 3 or state == "pruned")
+        assert "lr" in child.data.params and "batch_size" in child.data.params
