@@ -34,16 +34,6 @@ TEMPLATE = "report.html.j2"  # in templates/
 # the line at the top of the report of a job that did not complete (JobData.ending["kind"])
 ENDINGS = {"stopped": "The job was stopped before it completed", "failed": "The job failed"}
 
-CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#222;
-line-height:1.4}
-h1{font-size:24px;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:32px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}#rules{table-layout:fixed;width:100%}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-tr.fired td{background:#fff3f0}#ending{padding:8px;background:#fff3f0;border-left:4px solid #d62728}.muted{color:#777}.chart{display:block;margin:8px 0}
-code{font-size:12px;background:#f4f4f4;padding:1px 3px}
-"""
 
 
 def write(profiles: list[JobData], path: Path) -> Path:
@@ -66,7 +56,7 @@ def render(profiles: list[JobData]) -> str:
     main = profiles[0]
     rules = _merged_rules(profiles)
     return _template().render(
-        css=Markup(CSS), ending=_ending(main), labels=[p.label for p in profiles],
+        ending=_ending(main), labels=[p.label for p in profiles],
         generated=_time(dt.datetime.now().timestamp()), summary=_job_summary(main), rules=rules,
         fired=[r for r in rules if r["triggers"]], curves=_training_curves(main),
         hosts=[_host(p) for p in profiles], phases=STEP_PHASES)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..contract import UserError
+from ..tracking import launch as tracking
 
 IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
 
@@ -89,6 +90,7 @@ def cmd_train(args) -> None:
         from . import debugger
 
         kwargs.update(debugger.estimator_kwargs(target, spec.hyperparameters))
+    kwargs.update(tracking.estimator_kwargs(args, spec.image_uri))
     result = train(Estimator(**kwargs), _inputs(args, target), wait=not args.no_wait)
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")
 
@@ -125,11 +127,13 @@ def cmd_tune(args) -> None:
     tuner = tuning.tuner(spec, target, max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs,
                          strategy=args.strategy, early_stopping=args.early_stopping,
                          warm_start=args.warm_start or (), warm_start_type=args.warm_start_type, seed=args.tuner_seed)
+    parent_run = tracking.configure_tuner(tuner, args)
     tuner.fit(_inputs(args, target), wait=False)
     name = tuner.latest_tuning_job.name
     print(f"tuning job: {name}")
     if not args.no_wait:
         tuner.wait()
+        tracking.end_parent_run(args, parent_run)
         _show_best(tuning.best(name, target), args.best_json or f"{name}.best.json")
 
 
@@ -154,7 +158,7 @@ def _local_tune(args, tuning) -> None:
         Path(args.local_root or ".") / "imgclf-tuning"
     best = tuning.local_search(_image_uri(args), Path(args.data.removeprefix("file://")), output,
                                trials=args.max_jobs, pruner=args.pruner, fixed=fixed, features=not args.no_features,
-                               seed=args.tuner_seed or 0, gpu=args.local_gpu)
+                               seed=args.tuner_seed or 0, gpu=args.local_gpu, docker_args=tracking.docker_flags(args))
     print(f"best trial: {output / 'best.json'} ({best['objective']['metric']}={best['objective']['value']})")
 
 
@@ -317,6 +321,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model_source.add_argument("--training-job", help="take the model artifact of this training job")
 
     job = argparse.ArgumentParser(add_help=False)
+    tracking.add_tracking_arguments(job)
     data = job.add_argument_group("data (channels)")
     data.add_argument("--data", help="data root with train/ [valid/ test/]: s3:// prefix, or a folder with --local")
     data.add_argument("--training", help="training channel URI (overrides --data)")
