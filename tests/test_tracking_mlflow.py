@@ -19,11 +19,15 @@ def train(env, environ):
     return main(args, env, callbacks=with_tracking(debug.callbacks(args, env), args, env, environ))
 
 
-def test_a_job_logs_one_run_with_params_metrics_and_artifacts(mlflow_server, image_folders, tmp_path):
+def test_a_job_logs_one_run_with_params_metrics_and_artifacts(mlflow_server, image_folders, tmp_path, caplog,
+                                                              monkeypatch):
     environ = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "job-test",
                "TRAINING_JOB_NAME": "imgclf-job-1"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # as in a job: what sagemaker-mlflow's headers read
     env = job_env(tmp_path, image_folders, epochs="3", lr="0.05")
-    assert train(env, environ) == 0
+    with caplog.at_level(logging.WARNING):
+        assert train(env, environ) == 0
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith("mlflow")]
     client, runs = runs_of(mlflow_server, "job-test")
     assert len(runs) == 1
     run = runs[0]

@@ -18,6 +18,7 @@ from .settings import MlflowSettings
 log = logging.getLogger("imgclf.tracking")
 
 PROBE_TIMEOUT_S = 5  # MLflow's own retries wait minutes for a server that is not there
+HEADER_LOGGER = "mlflow.tracking.request_header.registry"
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "imgclf.failure"
 
@@ -32,7 +33,26 @@ def connect(settings: MlflowSettings):
         import requests
 
         requests.get(uri.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S)
+    if not uri.startswith("arn:"):
+        _quiet_sagemaker_headers()
     return MlflowClient(tracking_uri=uri)
+
+
+def _from_sagemaker_plugin(record: logging.LogRecord) -> bool:
+    error = record.args[0] if isinstance(record.args, tuple) and record.args else None
+    tb = getattr(error, "__traceback__", None)
+    while tb is not None:
+        if "sagemaker_mlflow" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@functools.cache
+def _quiet_sagemaker_headers() -> None:
+    """sagemaker-mlflow's request header provider reads every tracking URI as an ARN: with a server's
+    URL it fails on each request and MLflow logs a warning each time. Those warnings are dropped."""
+    logging.getLogger(HEADER_LOGGER).addFilter(lambda record: not _from_sagemaker_plugin(record))
 
 
 def create_run(client, settings: MlflowSettings, run_name: str | None = None, parent_run_id: str | None = None,
