@@ -114,6 +114,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "e.g. losses,weights,gradients,biases (saved to <output data>/tensors)"),
     Hyperparameter("debug-save-interval", int, DEBUG_SAVE_INTERVAL, "steps between saved tensors",
                    low=MIN_DEBUG_SAVE_INTERVAL),
+    Hyperparameter("tensorboard-dir", str, "", "write TensorBoard event files here (imgclf.tracking); a job with "
+                   "SageMaker's TensorBoardOutputConfig writes them to its LocalPath without it"),
 )
 
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}

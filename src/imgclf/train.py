@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from . import debug, distributed, export, features, hyperparameters
+from . import debug, distributed, export, features, hyperparameters, tracking
 from . import model as models
 from .builders import (Job, Learner, Splits, build_learner, build_loaders, build_model, build_splits,
                        build_transforms, default_workers, feature_splits, open_features_channel, seed_everything,
@@ -189,7 +189,7 @@ def write_artifact(job: Job, model: nn.Module, card: models.ModelCard, images: S
 def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
     """One process of the job: all of it, or one rank of those that torchrun started (imgclf.toolkit)."""
     args = parse_hyperparameters(env.hyperparameters, argv)
-    return main(args, env, callbacks=debug.callbacks(args, env))
+    return main(args, env, callbacks=tracking.with_tracking(debug.callbacks(args, env), args, env))
 
 
 def cli(argv: list[str] | None = None) -> None:

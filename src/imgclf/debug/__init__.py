@@ -17,6 +17,20 @@
 """
 from __future__ import annotations
 
-from .monitor import callbacks
+from ..callbacks import Callback
+from .monitor import Monitor, MonitorSettings
+from .tensors import HookSettings, TensorSaver
 
 __all__ = ["callbacks"]
+
+
+def callbacks(args, env) -> list[Callback]:
+    """The debugger and profiler callbacks that the job's hyperparameters and config files ask for."""
+    out: list[Callback] = []
+    hook = HookSettings.from_job(args, env)
+    if hook is not None:
+        out.append(TensorSaver(hook))
+    settings = MonitorSettings.from_job(args, env)
+    if settings.profiler or settings.rules:
+        out.append(Monitor(settings))
+    return out

@@ -78,6 +78,8 @@ class JobData:
     activation_variances: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     rules: list[dict] = field(default_factory=list)  # Rule.summary() of each rule, at the end
     traces: list[str] = field(default_factory=list)  # torch.profiler trace files, relative to the report
+    # a job that did not complete: {"kind": "stopped" (SIGTERM) or "failed", "reason": the failure line}
+    ending: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -75,6 +75,7 @@ class Monitor(Callback):
         self._losses = []  # loss tensors not read yet (reading one syncs the device)
         self._global_step = 0
         self._poor_init = next((r for r in self.rules if isinstance(r, PoorWeightInitialization)), None)
+        self._new_layers = None  # the layers PoorWeightInitialization judges
         self._topology = None
 
     # --- callback events -------------------------------------------------------------------
@@ -93,7 +94,9 @@ class Monitor(Callback):
 
             self.system = SystemMonitor(d.system, self.settings.interval_ms, d.gpus).start()
         if self._poor_init is not None:
-            self.activations = ActivationVariances(job.model, self._poor_init.activation_inputs_regex)
+            self._new_layers, self._poor_init.scope = PoorWeightInitialization.new_layers(job.model,
+                                                                                             job.args.pretrained)
+            self.activations = ActivationVariances(self._new_layers, self._poor_init.activation_inputs_regex)
         if self.settings.trace_steps and self.settings.trace_steps[0] == 1:
             self.trace = StepTrace(d.gpus)
 
@@ -110,13 +113,13 @@ class Monitor(Callback):
                 self.activations.remove()
         early = self._poor_init is not None and n <= self._poor_init.steps
         if early:
-            record_gradients(self._model, self.data, n, ranges=True)
+            record_gradients(self._model, self.data, n, ranges_of=self._new_layers)
         if n == 2 and self.data.dataloader_workers is None:
             self.data.dataloader_workers = _count_workers()
         self._trace_window(n)
         if n % CHECK_INTERVAL == 0:
             if self.settings.rules and not early:
-                record_gradients(self._model, self.data, n, ranges=False)
+                record_gradients(self._model, self.data, n)
             self._check()
 
     @_safe
@@ -138,11 +141,25 @@ class Monitor(Callback):
 
     @_safe
     def on_train_end(self, history):
+        self._finish(gather=True)
+
+    @_safe
+    def on_train_abort(self, reason: str):
+        """SIGTERM or an exception: the profile and the report all the same, saying how the job ended.
+        No gathering: the other processes may never get there."""
+        kind = "stopped" if "SIGTERM" in reason else "failed"
+        self.data.ending = {"kind": kind, "reason": reason}
+        self._finish(gather=False)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _finish(self, gather: bool) -> None:
+        """This process's profile, and on the main process the report."""
         self.data.end = time.time()
         self._check(final=True)
         self._stop_threads()
         self.data.rules = [r.summary() for r in self.rules]
-        profiles = self._gather()
+        profiles = self._gather() if gather else [self.data] if self._is_main() else []
         out = self.settings.output_data_dir
         (out / DEBUG_DIR).mkdir(parents=True, exist_ok=True)
         path = out / DEBUG_DIR / f"profile-{self.data.host}-rank{self.data.rank}.json"
@@ -151,7 +168,8 @@ class Monitor(Callback):
             html = report.write(profiles, out / report.REPORT_FILE)
             log.info("profiler report: %s", html)
 
-    # --- helpers --------------------------------------------------------------------------
+    def _is_main(self) -> bool:
+        return self._topology is None or self._topology.is_main
 
     def _record_step(self, record) -> None:
         now = time.time()

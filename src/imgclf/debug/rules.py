@@ -109,9 +109,10 @@ class PoorWeightInitialization(Rule):
     name = "PoorWeightInitialization"
     defaults = {"activation_inputs_regex": ".*relu_input", "threshold": 10.0, "distribution_range": 0.001,
                 "patience": 5, "steps": 10}
-    description = ("In the first `steps` steps: triggers when the ratio of the largest to the smallest variance "
-                   "of the activation inputs across layers exceeds threshold, when the 5th-95th percentile range "
-                   "of the gradients is below distribution_range, or when the loss did not decrease over them.")
+    description = ("In the first `steps` steps, on the layers not loaded from pretrained weights (the new head; "
+                   "the whole network when pretrained=false): triggers when the ratio of the largest to the smallest "
+                   "variance of the activation inputs across layers exceeds threshold, when the 5th-95th percentile "
+                   "range of the gradients is below distribution_range, or when the loss did not decrease over them.")
     advice = ("Check how the layers that were not loaded from pretrained weights are initialised (Xavier or "
               "Kaiming keep activation variances comparable across layers).")
 
@@ -119,6 +120,20 @@ class PoorWeightInitialization(Rule):
         super().__init__(**params)
         self._seen_act = self._seen_grad = 0
         self._loss_checked = False
+        self.scope = "all layers"  # which layers the statistics cover: the monitor sets it (new_layers)
+
+    def verdict(self, triggered, where, message, datapoints=1):
+        super().verdict(triggered, where, f"{message}; judged on {self.scope}", datapoints)
+
+    @staticmethod
+    def new_layers(model, pretrained: bool):
+        """(module, words) of the layers not loaded from pretrained weights: the new head, or the whole
+        network when training from scratch. Loaded layers start from learnt weights, not an initialisation."""
+        from ..model import head, head_name
+
+        if not pretrained:
+            return model, "the whole network (pretrained=false: no layer was loaded)"
+        return head(model), f"the new head ({head_name(model)}), the only layers not loaded from pretrained weights"
 
     def check(self, data, final=False):
         # one verdict per step on what was measured at that step

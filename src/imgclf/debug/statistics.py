@@ -12,9 +12,9 @@ from .jobdata import JobData
 GRADIENT_SAMPLE = 100_000  # gradient values kept for the percentile range
 
 
-def record_gradients(model, data: JobData, step: int, ranges: bool) -> None:
-    """Mean |gradient| per trainable tensor (VanishingGradient); with `ranges`, the 5th-95th
-    percentile width of a sample of all gradient values (PoorWeightInitialization)."""
+def record_gradients(model, data: JobData, step: int, ranges_of=None) -> None:
+    """Mean |gradient| per trainable tensor (VanishingGradient); with `ranges_of` (the layers
+    PoorWeightInitialization judges), the 5th-95th percentile width of a sample of their gradient values."""
     import torch
 
     named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
@@ -23,8 +23,9 @@ def record_gradients(model, data: JobData, step: int, ranges: bool) -> None:
     with torch.no_grad():
         means = torch.stack([g.detach().abs().float().mean() for _, g in named]).cpu().tolist()
         data.gradient_means.append((step, {name: m for (name, _), m in zip(named, means)}))
-        if ranges:
-            flat = torch.cat([g.detach().float().flatten() for _, g in named])
+        judged = [p.grad for p in ranges_of.parameters() if p.grad is not None] if ranges_of is not None else []
+        if judged:
+            flat = torch.cat([g.detach().float().flatten() for g in judged])
             if flat.numel() > GRADIENT_SAMPLE:
                 flat = flat[:: flat.numel() // GRADIENT_SAMPLE]
             lo, hi = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device)).cpu().tolist()

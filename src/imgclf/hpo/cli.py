@@ -17,6 +17,7 @@ from .. import hyperparameters
 from ..layout import SPLIT_CHANNELS, check_layout
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
 from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
+from ..tracking.search import search_runs
 from .search import BEST_FILE, DEFAULT_TRIAL_EPOCHS, Search, run
 from .study import STUDY_NAME
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         channels = {SPLIT_CHANNELS[name]: (root / name).resolve() for name in check_layout(root)}
         search = Search(channels, Path(args.output).resolve(), trials=args.trials, fixed=fixed, pruner=args.pruner,
                         seed=args.sampler_seed, features=args.features, storage=args.storage, study_name=args.study)
-        best = run(search)
+        with search_runs(search) as runs:
+            best = run(search, runs=runs)
     except UserError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from ..callbacks import Callback
 from ..contract import TrainingEnvironment
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
 from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous
+from ..tracking.search import SearchRuns
 from .progress import Progress
 from .storage import HEARTBEAT_S, Heartbeat, surplus
 from .study import STUDY_NAME, best_record, finished, open_study, requeue_interrupted, running, trial_dir
@@ -139,9 +140,10 @@ def compute_features(search: Search, progress: Progress) -> Path:
     return where
 
 
-def run(search: Search, progress: Progress | None = None, callbacks=()) -> dict:
+def run(search: Search, progress: Progress | None = None, callbacks=(), runs: SearchRuns | None = None) -> dict:
     """Run (or resume) the search; returns best.json's content. `callbacks` (training callbacks)
-    join every trial's job, beside the one that reports to Optuna."""
+    join every trial's job, beside the one that reports to Optuna; `runs` logs it to MLflow."""
+    runs = runs or SearchRuns(None, {}, "")
     study = open_study(search)
     progress = progress or Progress(search.trials, metric=OBJECTIVE_METRIC, epochs=search.epochs)
     progress.done = len(finished(study))
@@ -152,14 +154,21 @@ def run(search: Search, progress: Progress | None = None, callbacks=()) -> dict:
     if progress.done:
         progress.note(f"resuming: {progress.done} of {search.trials} trials already finished")
     while (trial := next_trial(study, search, progress)) is not None:
-        with Heartbeat(trial):
-            state, value = run_trial(search, study, trial, progress, features_channel, callbacks)
+        try:
+            with Heartbeat(trial):
+                state, value = run_trial(search, study, trial, progress, features_channel,
+                                         (*runs.trial(trial.number), *callbacks))
+        except Exception:
+            runs.trial_ended(trial.number, "failed", None)
+            raise
         best = best_record(study, search.fixed, search.output)
         progress.set_best(best and best["objective"]["value"], best and best["trial"])
         progress.trial_ends(state, value)
+        runs.trial_ended(trial.number, state, value)
         _keep_only_best_model(search, study)
     progress.finish()
     best = best_record(study, search.fixed, search.output)  # other workers' trials count too
+    runs.finish(best)
     if best is None:
         raise UserError(f"no trial completed: all {search.trials} were pruned or failed")
     (search.output / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
@@ -198,7 +207,8 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress
     shutil.rmtree(folder, ignore_errors=True)
     reporter = ReportToTrial(trial, progress, pruning=search.pruner != "none")
     try:
-        run_job(job_env(channels, folder, hps), callbacks=[reporter, *callbacks])
+        # the observers first: they see an epoch before the reporter ends a pruned trial
+        run_job(job_env(channels, folder, hps), callbacks=[*callbacks, reporter])
         state = "complete"
     except optuna.TrialPruned:
         state = "pruned"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..names import UserError
+from ..tracking.launch import add_tracking_arguments
 
 IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
 # hyperparameters that the launcher sets itself: --features and `imgclf features`
@@ -54,6 +55,7 @@ def model_source_options() -> argparse.ArgumentParser:
 def job_options() -> argparse.ArgumentParser:
     """Data channels, the job's resources, and every hyperparameter of the training job's table."""
     p = argparse.ArgumentParser(add_help=False)
+    add_tracking_arguments(p)
     data = p.add_argument_group("data (channels)")
     data.add_argument("--data", help="data root with train/ [valid/ test/]: s3:// prefix, or a folder with --local")
     data.add_argument("--training", help="training channel URI (overrides --data)")

@@ -170,14 +170,14 @@ CONTAINER_OUTPUT = "/opt/ml/output/tuning"
 
 def local_search_command(image_uri: str, data: Path, output: Path, *, trials: int, pruner: str = DEFAULT_PRUNER,
                          fixed: dict | None = None, features: bool = True, seed: int = 0, gpu: bool = False,
-                         tty: bool = False) -> list[str]:
+                         tty: bool = False, docker_args=()) -> list[str]:
     """`docker run` of `imgclf-tune` in the image: the data root mounted read-only, the output
     folder (study, features, trials, best.json) mounted writable and owned by the caller."""
     flags = [a for name, value in (fixed or {}).items()
              for a in (f"--{name}", json.dumps(value) if isinstance(value, bool) else str(value))]
     return ["docker", "run", "--rm", "--interactive", *(["--tty"] if tty else []),
             "--user", f"{os.getuid()}:{os.getgid()}", "--env", "HOME=/tmp",
-            *(["--gpus", "all"] if gpu else []),
+            *(["--gpus", "all"] if gpu else []), *docker_args,
             "--volume", f"{Path(data).resolve()}:{CONTAINER_DATA}:ro",
             "--volume", f"{Path(output).resolve()}:{CONTAINER_OUTPUT}",
             image_uri, "imgclf-tune", "--data", CONTAINER_DATA, "--output", CONTAINER_OUTPUT,

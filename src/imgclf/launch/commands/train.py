@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ...hpo import FINAL_EPOCHS
+from ...tracking import launch as tracking
 from .. import options
 
 
@@ -37,6 +38,7 @@ def run_train(args) -> None:
         from .. import debugger
 
         kwargs.update(debugger.estimator_kwargs(target, spec.hyperparameters))
+    kwargs.update(tracking.estimator_kwargs(args, spec.image_uri))
     inputs = sdk_inputs(options.inputs(args, target), args.input_mode, args.distribution)
     result = train(Estimator(**kwargs), inputs, wait=not args.no_wait)
     print(f"model artifact: {result}" if not args.no_wait else f"training job: {result}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...names import DEFAULT_PRUNER, PRUNERS, UserError
+from ...tracking import launch as tracking
 from .. import options
 
 
@@ -45,11 +46,13 @@ def run(args) -> None:
     tuner = tuning.tuner(spec, target, max_jobs=args.max_jobs, max_parallel_jobs=args.max_parallel_jobs,
                          strategy=args.strategy, early_stopping=args.early_stopping,
                          warm_start=args.warm_start or (), warm_start_type=args.warm_start_type, seed=args.tuner_seed)
+    parent_run = tracking.configure_tuner(tuner, args)
     tuner.fit(options.inputs(args, target), wait=False)
     name = tuner.latest_tuning_job.name
     print(f"tuning job: {name}")
     if not args.no_wait:
         tuner.wait()
+        tracking.end_parent_run(args, parent_run)
         _show_best(tuning.best(name, target), args.best_json or f"{name}.best.json")
 
 
@@ -74,5 +77,6 @@ def _local_tune(args, tuning) -> None:
         Path(args.local_root or ".") / "imgclf-tuning"
     best = tuning.local_search(options.image_uri(args), Path(args.data.removeprefix("file://")), output,
                                trials=args.max_jobs, pruner=args.pruner, fixed=fixed, features=not args.no_features,
-                               seed=args.tuner_seed or 0, gpu=args.local_gpu)
+                               seed=args.tuner_seed or 0, gpu=args.local_gpu,
+                               docker_args=tracking.docker_flags(args))
     print(f"best trial: {output / 'best.json'} ({best['objective']['metric']}={best['objective']['value']})")
