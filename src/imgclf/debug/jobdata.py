@@ -5,7 +5,7 @@ Times are seconds since the epoch (time.time()); step phases are seconds.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from ..names import PROFILER_INTERVAL_MS
 
@@ -53,6 +53,10 @@ class SystemSamples:
 
     def __len__(self):
         return len(self.time)
+
+
+# the columns with one number per sample (TensorBoard writes each as a scalar series)
+SYSTEM_METRICS = tuple(f.name for f in fields(SystemSamples) if f.name not in ("time", "cpu_cores", "gpu", "gpu_memory"))
 
 
 @dataclass
