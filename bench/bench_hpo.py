@@ -66,7 +66,8 @@ def trial_split(data: Path, out: Path, *, trials: int, fixed: dict, seed: int) -
     """The cached search again, under cProfile: each part's share of the trials' time."""
     channels = {"training": data / "train", "validation": data / "valid", "test": data / "test"}
     s = search.Search(channels, out, trials=trials, fixed=fixed, pruner="none", seed=seed)
-    profile = cProfile.Profile()
+    search.compute_features(s, Progress(trials, metric=OBJECTIVE_METRIC, epochs=s.epochs, stream=io.StringIO()))
+    profile = cProfile.Profile()  # the search then finds its features computed: what is left is the trials
     profile.runcall(search.run, s, Progress(trials, metric=OBJECTIVE_METRIC, epochs=s.epochs, stream=io.StringIO(),
                                             live=False))
     stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, ..., cumulative seconds, callers)
