@@ -11,28 +11,12 @@ accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from
 (serve/runtime.py). IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
-torch weights, with one log line.
-
-Every OpenVINO call that may start its CPU plugin goes through this module, because of how that
-plugin treats the thread's alternate signal stack (the stack signal handlers run on; Python installs
-its handlers to use it). Each plugin instance (one per `ov.Core` that compiles, NNCF makes several)
-maps a stack of its own for the thread and, when it goes, puts back the one that was current when
-it came, if its own is still current, and unmaps its own. Plugins that go in any order but the
-reverse of the one they came in leave the thread on an unmapped stack: the next signal handled
-there (a DataLoader's SIGCHLD, say) kills the process with SIGSEGV, or, once the addresses are
-reused, writes its frame over the Python heap. `keep_signal_stack` gives the thread a stack of
-ours for the life of the process after each such call; no plugin restores over it.
+torch weights, with one log line. Reading and compiling IR files is openvino_runtime.py's (torch-free).
 """
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import logging
-import mmap
-import os
-import sys
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -46,50 +30,15 @@ from torch.utils.data import Dataset, Subset
 
 from .data import make_loader
 from .model import Agreement, ModelCard, ServingFormat, write_card
+from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model, keep_signal_stack,  # noqa: F401
+                               openvino_available, read_model)
 
 log = logging.getLogger(__name__)
 
-FP32_FORMAT, INT8_FORMAT = "openvino_fp32", "openvino_int8"
-FILES = {FP32_FORMAT: "model.xml", INT8_FORMAT: "model_int8.xml"}
 CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the ranges it finds
 FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
-SIGNAL_STACK_BYTES = 256 * 1024  # room for a signal frame with AMX state (about 11 KB) and the handler
-
-
-def openvino_available(calibration: bool = False) -> bool:
-    """Whether OpenVINO (to run the IR) and, for `calibration`, NNCF (to quantize) import."""
-    try:
-        import openvino  # noqa: F401
-
-        if calibration:
-            import nncf  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class _StackT(ctypes.Structure):  # <signal.h> stack_t
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-@functools.cache
-def _signal_stack(thread: int) -> tuple[ctypes.Array, _StackT]:
-    """Anonymous memory for one thread's stack, held (and so mapped) by this cache for the life of
-    the process; one per thread, as two threads may handle signals at once."""
-    memory = (ctypes.c_char * SIGNAL_STACK_BYTES).from_buffer(mmap.mmap(-1, SIGNAL_STACK_BYTES))
-    return memory, _StackT(ctypes.addressof(memory), 0, SIGNAL_STACK_BYTES)
-
-
-def keep_signal_stack() -> None:
-    """Put the calling thread on an alternate signal stack that lives as long as the process (see
-    the module's docstring); a no-op off Linux."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.sigaltstack(ctypes.byref(_signal_stack(threading.get_ident())[1]), None) != 0:
-        log.warning("could not set the alternate signal stack: %s", os.strerror(ctypes.get_errno()))
 
 
 def to_openvino(model: nn.Module, crop_size: int):
@@ -119,28 +68,6 @@ def quantize(ov_model, batches: list[np.ndarray]):
                              fast_bias_correction=not full)
     finally:
         keep_signal_stack()
-
-
-def compile_model(ov_model, *, threads: int | None = None, precision_hint: str = "f32"):
-    """Compiled for this CPU. `precision_hint` f32 keeps float32 arithmetic even where the CPU has
-    bf16 (OpenVINO's default there is bf16); int8 models run int8 either way. No thread pinning,
-    so several model workers on one machine do not crowd onto the same cores."""
-    import openvino as ov
-
-    config = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-              "ENABLE_CPU_PINNING": False}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    try:
-        return ov.Core().compile_model(ov_model, "CPU", config)
-    finally:
-        keep_signal_stack()
-
-
-def read_model(path: Path):
-    import openvino as ov
-
-    return ov.Core().read_model(str(path))
 
 
 def save_model(ov_model, path: Path) -> None:
