@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .. import openvino_runtime as openvino
-from ..card import ModelCard, load_card
+from ..card import ModelCard, ModelError, load_card
 from ..images import EvalTransform, load_rgb
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,11 @@ def worker_device(gpu_id) -> str:
 def unservable_reason(model_dir: Path, card: ModelCard | None = None) -> str | None:
     """Why this installation cannot serve the artifact (no torch, and no OpenVINO copy to run
     instead), or None when it can."""
-    card = card or load_card(model_dir)
+    if card is None:
+        try:
+            card = load_card(model_dir)
+        except (ModelError, ValueError, KeyError):  # a broken card: the worker says what is wrong with it
+            return None
     if torch_available() or (FP32 in card.formats and openvino.openvino_available()):
         return None
     return (f"{model_dir} has no OpenVINO copy of its network (model.xml), and this image serves without "
