@@ -75,3 +75,13 @@ def docker_image() -> str:
     # the build users run, without baked-in weights: tests never download (CI is offline)
     subprocess.run([str(ROOT / "docker" / "build.sh"), IMAGE_TAG, "--build-arg", "PRETRAINED_ARCHS="], check=True)
     return IMAGE_TAG
+
+
+@pytest.fixture(scope="session")
+def docker_image_cpu() -> str:
+    """The slim CPU serving image (VARIANT=cpu), tagged $IMGCLF_TEST_IMAGE-cpu, built once per session."""
+    require(docker_available(), "no Docker engine")
+    tag = f"{IMAGE_TAG}-cpu"
+    subprocess.run([str(ROOT / "docker" / "build.sh"), tag, "--build-arg", "VARIANT=cpu", "--build-arg",
+                    "PRETRAINED_ARCHS="], check=True)
+    return tag
