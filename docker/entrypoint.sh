@@ -10,7 +10,7 @@ case "${1:-}" in
       # the CPU image serves without torch: tell the job, and SageMaker through the failure file
       reason="this is the CPU serving image (built with VARIANT=cpu: no torch, no CUDA); it serves models but cannot train them. Train with the full image (docker build without --build-arg VARIANT=cpu; ./build_and_push.sh without --cpu)"
       echo "imgclf: $reason" >&2
-      if [ -d /opt/ml/output ] && [ -w /opt/ml/output ]; then printf '%s\n' "$reason" >/opt/ml/output/failure; fi
+      if mkdir -p /opt/ml/output 2>/dev/null; then printf '%s\n' "$reason" >/opt/ml/output/failure || true; fi
       exit 2
     fi
     shift; exec imgclf-train "$@" ;;
