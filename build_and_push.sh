@@ -9,7 +9,8 @@ Usage: ./build_and_push.sh [OPTION...] [IMAGE_NAME] [TAG]
 Builds docker/Dockerfile and pushes it as IMAGE_NAME:TAG (default imgclf:latest) to the Amazon
 ECR registry of the account whose credentials are in use, creating the repository if missing.
 The build bakes in ResNet50's ImageNet weights (downloaded from torchvision, so the build machine
-needs the internet), which the default training job uses.
+needs the internet), which the default training job uses. With --cpu: the slim CPU serving image
+(default imgclf-cpu:latest).
 
 Options:
   --region REGION      AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's
@@ -18,6 +19,8 @@ Options:
   --platform PLATFORM  platform to build for, e.g. linux/amd64
   --registry HOST      push to this registry (HOST[:PORT][/PATH]) instead of ECR; no AWS calls
                        (log in first with docker login HOST if it needs credentials)
+  --cpu                the CPU serving image (--build-arg VARIANT=cpu): no torch, no CUDA, no weights;
+                       for CPU endpoints, serverless endpoints and CPU batch transform
   --no-build           push IMAGE_NAME:TAG as already built (the image a CI job has tested)
   --no-weights         build without baked-in ImageNet weights (offline build machines); jobs then
                        download them at run time when they can, or need a pretrained channel
@@ -31,13 +34,14 @@ USAGE
 
 die() { echo "build_and_push.sh: $*" >&2; exit 1; }
 
-region="" profile="" platform="" registry="" build=true weights=true dry_run=false positional=()
+region="" profile="" platform="" registry="" build=true weights=true cpu=false dry_run=false positional=()
 while (($#)); do
   case "$1" in
     --region) region=${2:?--region needs a value}; shift 2 ;;
     --profile) profile=${2:?--profile needs a value}; shift 2 ;;
     --platform) platform=${2:?--platform needs a value}; shift 2 ;;
     --registry) registry=${2:?--registry needs a value}; shift 2 ;;
+    --cpu) cpu=true; shift ;;
     --no-build) build=false; shift ;;
     --no-weights) weights=false; shift ;;
     --dry-run) dry_run=true; shift ;;
@@ -47,7 +51,7 @@ while (($#)); do
   esac
 done
 ((${#positional[@]} <= 2)) || { usage >&2; die "too many arguments: ${positional[*]}"; }
-image=${positional[0]:-imgclf}
+image=${positional[0]:-$($cpu && echo imgclf-cpu || echo imgclf)}
 tag=${positional[1]:-latest}
 root=$(cd "$(dirname "$0")" && pwd)
 
@@ -105,7 +109,8 @@ if $build; then
   if $dry_run; then build_cmd+=(--print); fi
   build_cmd+=("$image:$tag")
   if [ -n "$platform" ]; then build_cmd+=(--platform "$platform"); fi
-  if ! $weights; then build_cmd+=(--build-arg PRETRAINED_ARCHS=); fi
+  if $cpu; then build_cmd+=(--build-arg VARIANT=cpu); fi
+  if ! $weights || $cpu; then build_cmd+=(--build-arg PRETRAINED_ARCHS=); fi  # the CPU image does not train
   "${build_cmd[@]}" || die "docker build failed"
 fi
 run docker tag "$image:$tag" "$fullname"

@@ -116,7 +116,7 @@ def int8_two_fold(model_dir: Path, card: ModelCard, photos: list[Path], threads:
         batch = h.preprocess([{"body": p.read_bytes()} for p in calibrate], Context(model_dir, len(calibrate)))
         fold = model_dir.parent / f"fold{len(answers)}"
         shutil.copytree(model_dir, fold, dirs_exist_ok=True)
-        export.save_model(export.quantize(fp32, [x[None].numpy() for x in batch.pixels]), fold / "model_int8.xml")
+        export.save_model(export.quantize(fp32, [x[None] for x in batch.pixels]), fold / "model_int8.xml")
         write_card(fold, replace(card, formats={**card.formats, export.INT8_FORMAT: ServingFormat(
             "model_int8.xml", "int8", None, calibration_images=len(calibrate))}))
         probs, name = serve(fold, "int8", answer, threads)

@@ -12,7 +12,8 @@ tag=${1:?usage: docker/build.sh [--print] TAG [docker build option...]}
 shift
 # the host network lets the build reach a package index on 127.0.0.1
 args=(--network host -t "$tag" -f "$root/docker/Dockerfile")
-if [ -n "${BASE_IMAGE:-}" ]; then args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE"); fi
+# $BASE_IMAGE is the base of either variant (the full one's BASE_IMAGE, the CPU one's CPU_BASE_IMAGE)
+if [ -n "${BASE_IMAGE:-}" ]; then args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "CPU_BASE_IMAGE=$BASE_IMAGE"); fi
 read -r -a extra <<<"${DOCKER_BUILD_ARGS:-}"
 cmd=(docker build "${args[@]}" ${extra[@]+"${extra[@]}"} "$@" "$root")
 printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'

@@ -8,7 +8,15 @@
 # Anything else runs as a command (`docker run IMAGE python -c ...`).
 set -e
 case "${1:-}" in
-  train) shift; exec train "$@" ;;
+  train)
+    if [ "${IMGCLF_IMAGE_VARIANT:-full}" = cpu ]; then
+      # the CPU image serves without torch: tell the job, and SageMaker through the failure file
+      reason="this is the CPU serving image (built with VARIANT=cpu: no torch, no CUDA); it serves models but cannot train them. Train with the full image (docker build without --build-arg VARIANT=cpu; ./build_and_push.sh without --cpu)"
+      echo "imgclf: $reason" >&2
+      if mkdir -p /opt/ml/output 2>/dev/null; then printf '%s\n' "$reason" >/opt/ml/output/failure || true; fi
+      exit 2
+    fi
+    shift; exec train "$@" ;;
   serve) shift; exec imgclf-serve "$@" ;;
   "") echo "usage: docker run IMAGE train|serve|COMMAND [ARG...]" >&2; exit 64 ;;
   *) exec "$@" ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serves test_dir/model on 127.0.0.1:${PORT:-8080} as a SageMaker endpoint would (Ctrl-C stops it):
-#   ./serve_local.sh [IMAGE] [docker run option...]       (default imgclf:latest)
+#   ./serve_local.sh [IMAGE] [docker run option...]       (default imgclf:latest; the CPU image serves too)
 set -euo pipefail
 cd "$(dirname "$0")"
 image=${1:-imgclf:latest}

@@ -39,15 +39,9 @@ def free_port() -> int:
 
 def load_artifact(model_dir: Path):
     """The network (eval mode) and card of a model artifact, rebuilt as serving does."""
-    import torch
+    from imgclf.model import load_artifact
 
-    from imgclf.model import create_model, load_card
-    from imgclf.names import WEIGHTS_FILE
-
-    card = load_card(model_dir)
-    model = create_model(card.arch, len(card.classes))
-    model.load_state_dict(torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    return model.eval(), card
+    return load_artifact(model_dir)
 
 
 def docker_available() -> bool:
@@ -88,3 +82,13 @@ def docker_image() -> str:
     # the build users run, without baked-in weights: tests never download (CI is offline)
     subprocess.run([str(ROOT / "docker" / "build.sh"), IMAGE_TAG, "--build-arg", "PRETRAINED_ARCHS="], check=True)
     return IMAGE_TAG
+
+
+@pytest.fixture(scope="session")
+def docker_image_cpu() -> str:
+    """The slim CPU serving image (VARIANT=cpu), tagged $IMGCLF_TEST_IMAGE-cpu, built once per session."""
+    require(docker_available(), "no Docker engine")
+    tag = f"{IMAGE_TAG}-cpu"
+    subprocess.run([str(ROOT / "docker" / "build.sh"), tag, "--build-arg", "VARIANT=cpu", "--build-arg",
+                    "PRETRAINED_ARCHS="], check=True)
+    return tag

@@ -175,6 +175,22 @@ def test_build_then_push_to_an_unreachable_registry(docker_image, script_env):
         subprocess.run(["docker", "rmi", "imgclf-build:v0", f"{nowhere}/imgclf-build:v0"], capture_output=True)
 
 
+def test_cpu_image_builds_and_pushes(registry, script_env, docker_image_cpu):
+    """--cpu builds the slim serving image (VARIANT=cpu; the session's cached layers) and pushes it."""
+    dry = run_script(script_env, "--dry-run", "--cpu", "--registry", registry)
+    assert "+ docker build --network host -t imgclf-cpu:latest" in dry.stdout  # its own default name
+    assert "--build-arg VARIANT=cpu" in dry.stdout and f"+ docker push {registry}/imgclf-cpu:latest" in dry.stdout
+    proc = run_script(script_env, "--cpu", "--registry", registry, "imgclf-cpu-push", "v1")
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"pushed {registry}/imgclf-cpu-push:v1" in proc.stdout
+        assert requests.get(f"http://{registry}/v2/imgclf-cpu-push/tags/list", timeout=10).json()["tags"] == ["v1"]
+        pushed, session = image_layers("imgclf-cpu-push:v1"), image_layers(docker_image_cpu)
+        assert pushed[:-3] == session[:-3] and len(pushed) == len(session)  # all but the package's own layers
+    finally:
+        subprocess.run(["docker", "rmi", "imgclf-cpu-push:v1", f"{registry}/imgclf-cpu-push:v1"], capture_output=True)
+
+
 def test_dry_run_prints_and_changes_nothing(registry, script_env):
     proc = run_script(script_env, "--dry-run", "--platform", "linux/amd64", "--registry", f"{registry}/team",
                       "imgclf-dry", "v2")

@@ -79,6 +79,37 @@ def test_ping_is_503_until_the_model_is_loaded(front):
     assert r.status_code == 503 and "not answering" in r.json()["message"]
 
 
+@pytest.fixture
+def healthy(loop):
+    """An upstream whose /ping says Healthy, as multi-model-server's does with its workers up."""
+    async def ping(request):
+        return web.json_response({"status": "Healthy"})
+
+    async def start():
+        runner = web.ServerRunner(web.Server(ping))
+        await runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        return runner, sock.getsockname()[1]
+
+    runner, port = run(loop, start())
+    yield port
+    run(loop, runner.cleanup())
+
+
+def test_head_ping_answers_as_get_ping_without_a_body(front, healthy):
+    url, server = front(healthy)
+    for ready, status in ((False, 503), (True, 200)):
+        if ready:
+            server.model_ready.set()
+        get, head = requests.get(url + "/ping"), requests.head(url + "/ping")
+        assert get.status_code == head.status_code == status
+        assert get.json()["status"] == ("Healthy" if ready else "Unhealthy")
+        assert head.content == b"" and head.headers["Content-Type"] == get.headers["Content-Type"]
+        assert head.headers["Content-Length"] == get.headers["Content-Length"]
+    assert requests.head(url + "/pong").status_code == 404
+
+
 def test_payload_over_the_limit_is_413_before_the_model_server(front, echo):
     url, _ = front(echo)
     r = requests.post(url + "/invocations", data=b"x" * 1001, headers={"Content-Type": "image/jpeg"})

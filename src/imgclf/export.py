@@ -11,10 +11,10 @@ accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from
 (serve/runtime.py). IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
-torch weights, with one log line.
+torch weights, with one log line. Reading and compiling IR files is openvino_runtime.py's (torch-free).
 
-Every OpenVINO call that may start its CPU plugin goes through this module and is followed by
-`signalstack.keep_signal_stack()`: see signalstack.py for why.
+Every OpenVINO call that may start its CPU plugin is followed by `signalstack.keep_signal_stack()`:
+see signalstack.py for why.
 """
 from __future__ import annotations
 
@@ -34,28 +34,16 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .data import make_loader
 from .model import Agreement, ModelCard, ServingFormat, write_card
+from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model,  # noqa: F401
+                               openvino_available, read_model)
 from .signalstack import keep_signal_stack
 
 log = logging.getLogger(__name__)
 
-FP32_FORMAT, INT8_FORMAT = "openvino_fp32", "openvino_int8"
-FILES = {FP32_FORMAT: "model.xml", INT8_FORMAT: "model_int8.xml"}
 CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the ranges it finds
 FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
-
-
-def openvino_available(calibration: bool = False) -> bool:
-    """Whether OpenVINO (to run the IR) and, for `calibration`, NNCF (to quantize) import."""
-    try:
-        import openvino  # noqa: F401
-
-        if calibration:
-            import nncf  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def to_openvino(model: nn.Module, crop_size: int):
@@ -85,28 +73,6 @@ def quantize(ov_model, batches: list[np.ndarray]):
                              fast_bias_correction=not full)
     finally:
         keep_signal_stack()
-
-
-def compile_model(ov_model, *, threads: int | None = None, precision_hint: str = "f32"):
-    """Compiled for this CPU. `precision_hint` f32 keeps float32 arithmetic even where the CPU has
-    bf16 (OpenVINO's default there is bf16); int8 models run int8 either way. No thread pinning,
-    so several model workers on one machine do not crowd onto the same cores."""
-    import openvino as ov
-
-    config = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
-              "ENABLE_CPU_PINNING": False}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    try:
-        return ov.Core().compile_model(ov_model, "CPU", config)
-    finally:
-        keep_signal_stack()
-
-
-def read_model(path: Path):
-    import openvino as ov
-
-    return ov.Core().read_model(str(path))
 
 
 def save_model(ov_model, path: Path) -> None:

@@ -3,21 +3,17 @@
 The artifact is what training writes to the model dir and serving reads back:
 
     model.pt    the state_dict, loadable with torch.load(..., weights_only=True)
-    model.json  {"format_version", "arch", "classes", "eval": EvalSettings, "versions", "formats"}
+    model.json  the model card (card.py): arch, classes, eval transform, faster formats
 
 Serving rebuilds the network from `model.json` and loads `model.pt` without unpickling code.
-`formats` lists faster copies of the same network written beside it for CPU serving (OpenVINO
-IR files, `export.py`), each with its agreement with float32 on the validation set.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,27 +21,16 @@ import torch
 import torchvision
 from torch import nn
 
-from . import __version__
-from .hyperparameters import ARCHS
-from .names import CARD_FILE, WEIGHTS_FILE
-from .presets import EvalSettings
+# torch-free: the card (model.json) lives in card.py, which the CPU image serves from without torch
+from .card import (FORMAT_VERSION, Agreement, ModelCard, ModelError, ServingFormat,  # noqa: F401
+                   check_arch, load_card, write_card)
+from .names import CARD_FILE, WEIGHTS_FILE  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 # Where the image keeps ImageNet weights baked in at build time, one `<arch>.pth` each.
 WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 30  # a job without the internet gives up this soon
-
-
-class ModelError(ValueError):
-    """A model can't be built or loaded as asked (unknown arch, missing or mismatched weights)."""
-
-
-def check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ModelError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    return arch
 
 
 def create_model(arch: str, num_classes: int) -> nn.Module:
@@ -179,88 +164,6 @@ def train_mode(model: nn.Module) -> None:
             m.eval()
 
 
-@dataclass(frozen=True)
-class Agreement:
-    """How a faster format's answers compare with the float32 network's on labelled images."""
-
-    images: int
-    top1_agreement: float  # fraction of images with the same top-1 class as float32
-    accuracy: float
-    fp32_accuracy: float
-
-    @property
-    def accuracy_drop(self) -> float:
-        return self.fp32_accuracy - self.accuracy
-
-    def meets(self, min_agreement: float, max_accuracy_drop: float) -> bool:
-        return self.images > 0 and self.top1_agreement >= min_agreement and self.accuracy_drop <= max_accuracy_drop
-
-    def __str__(self) -> str:
-        return (f"top-1 agreement {self.top1_agreement:.2%} and accuracy {self.accuracy:.2%} "
-                f"(float32 {self.fp32_accuracy:.2%}) on {self.images} validation images")
-
-    def to_dict(self) -> dict:
-        return {"images": self.images, "top1_agreement": round(self.top1_agreement, 6),
-                "accuracy": round(self.accuracy, 6), "fp32_accuracy": round(self.fp32_accuracy, 6),
-                "accuracy_drop": round(self.accuracy_drop, 6)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Agreement:
-        return cls(int(d["images"]), float(d["top1_agreement"]), float(d["accuracy"]), float(d["fp32_accuracy"]))
-
-
-@dataclass(frozen=True)
-class ServingFormat:
-    """A copy of the network in another runtime's format, stored in the artifact: `file` is
-    relative to the model dir; `agreement` is None when it was never checked on labelled images."""
-
-    file: str
-    precision: str  # fp32 or int8
-    agreement: Agreement | None = None
-    calibration_images: int = 0  # int8: images its activation ranges were measured on
-
-    def to_dict(self) -> dict:
-        d = {"file": self.file, "precision": self.precision,
-             "agreement": self.agreement.to_dict() if self.agreement else None}
-        if self.calibration_images:
-            d["calibration_images"] = self.calibration_images
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ServingFormat:
-        agreement = Agreement.from_dict(d["agreement"]) if d.get("agreement") else None
-        return cls(str(d["file"]), str(d["precision"]), agreement, int(d.get("calibration_images", 0)))
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """`model.json`: everything needed to rebuild the network and its input transform, and the
-    faster formats stored beside the weights (name -> `ServingFormat`, e.g. "openvino_int8")."""
-
-    arch: str
-    classes: tuple[str, ...]
-    eval: EvalSettings
-    formats: dict[str, ServingFormat] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "arch": self.arch,
-            "classes": list(self.classes),
-            "eval": self.eval.to_dict(),
-            "versions": {"imgclf": __version__, "torch": str(torch.__version__), "torchvision": torchvision.__version__},
-            "formats": {name: f.to_dict() for name, f in self.formats.items()},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelCard:
-        if d.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"model.json format_version {d.get('format_version')!r}; expected {FORMAT_VERSION}")
-        formats = {name: ServingFormat.from_dict(f) for name, f in (d.get("formats") or {}).items()}
-        return cls(arch=check_arch(d["arch"]), classes=tuple(d["classes"]), eval=EvalSettings.from_dict(d["eval"]),
-                   formats=formats)
-
-
 def save_artifact(model_dir: Path, model: nn.Module, card: ModelCard) -> None:
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -269,14 +172,11 @@ def save_artifact(model_dir: Path, model: nn.Module, card: ModelCard) -> None:
     write_card(model_dir, card)
 
 
-def write_card(model_dir: Path, card: ModelCard) -> None:
-    (Path(model_dir) / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-
-
-def load_card(model_dir: Path) -> ModelCard:
+def load_artifact(model_dir: Path, map_location="cpu") -> tuple[nn.Module, ModelCard]:
+    """The network in eval mode and its card, from a model dir that `save_artifact` wrote."""
     model_dir = Path(model_dir)
-    try:
-        return ModelCard.from_dict(json.loads((model_dir / CARD_FILE).read_text()))
-    except FileNotFoundError:
-        raise ModelError(f"no {CARD_FILE} in {model_dir}: not a model artifact") from None
-
+    card = load_card(model_dir)
+    model = create_model(card.arch, len(card.classes))
+    state = torch.load(model_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    return model.eval(), card

@@ -5,6 +5,8 @@
     sniffing.py         the content type of a body that names none, from its first bytes
     decoder.py          request body -> RGB images, one function per content type
     handler.py          TorchServe-style handler: initialize, preprocess, inference, postprocess
+    runtime.py          the runner a worker serves with (OpenVINO copies or torch) and its precision
+    torch_runner.py     the torch path, imported only when used (the CPU image has no torch)
     handler_service.py  the handler service: where a failure becomes a response or a dead worker
     mms_entry.py        the entry point multi-model-server calls: handler_service, its answers
                         framed around a decoding bug of MMS's frontend

@@ -8,7 +8,8 @@ model or have died (the body then says "Unhealthy"), answers a body without a co
 model is registered and a worker holds it, and every client fault is a 4xx with a JSON reason.
 
 Routing:
-    GET  /ping          200 {"status": "Healthy"} or 503 with the reason
+    GET  /ping          200 {"status": "Healthy"} or 503 with the reason; HEAD /ping the same
+                        status and headers without the body (load balancers' health checks)
     POST /invocations   single model: to the model; multi-model: to the model named by
                         X-Amzn-SageMaker-Target-Model (its ".tar.gz" dropped)
     multi-model only    the MMS management API (/models, /models/<name>/invoke, ...), with
@@ -116,7 +117,7 @@ class Front:
             await self.session.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method == "GET" and request.path == "/ping":
+        if request.method in ("GET", "HEAD") and request.path == "/ping":  # aiohttp sends no body to a HEAD
             status, message = await self.health()
             return web.json_response({"status": "Healthy" if status == 200 else "Unhealthy", "message": message},
                                      status=status)

@@ -7,7 +7,8 @@ JSON reason while the rest of the batch is answered.
 
 The network runs through the `Runner` that `IMGCLF_PRECISION` picks (runtime.py): OpenVINO's int8
 or float32 copy stored in the artifact on CPUs, torch (channels-last, bfloat16 where it agrees)
-otherwise.
+otherwise. Images become pixels with Pillow and numpy (images.EvalTransform, the same pixels as
+torchvision's evaluation transform), so a worker serving the OpenVINO copies never imports torch.
 """
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image
 
-from ..model import load_card
-from ..presets import ClassificationPresetEval
+from ..card import load_card
+from ..images import EvalTransform
 from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError
-from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb
+from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb, worker_device
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ JSON_TYPE = "application/json"
 
 @dataclass
 class Batch:
-    """The images of every request in one tensor, and where each request's answers are."""
+    """The images of every request in one array, and where each request's answers are."""
 
-    pixels: torch.Tensor | None = None
+    pixels: np.ndarray | None = None
     counts: list[int] = field(default_factory=list)  # images per request; 0 for a refused one
     top_k: list[int] = field(default_factory=list)
     errors: dict[int, ServeError] = field(default_factory=dict)
@@ -53,15 +54,13 @@ class ImageClassifierHandler:
     def initialize(self, context) -> None:
         env = self.env = self.env or ServingEnvironment.from_env()
         Image.MAX_IMAGE_PIXELS = env.max_image_pixels
-        torch.set_num_threads(env.torch_threads)
         self.pool = ThreadPoolExecutor(env.torch_threads, thread_name_prefix="preprocess")
-        gpu = context.system_properties.get("gpu_id")
-        self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
+        self.device = worker_device(context.system_properties.get("gpu_id"))
         model_dir = Path(context.system_properties["model_dir"])
         card = load_card(model_dir)
         self.classes = card.classes
-        self.transform = ClassificationPresetEval.from_settings(card.eval)
-        probe = probe_batch(PROBE_IMAGES, card.eval.crop_size, self.transform)
+        self.transform = EvalTransform(card.eval)
+        probe = probe_batch(PROBE_IMAGES, self.transform)
         memory_before = resident_mb()
         factory = RunnerFactory(model_dir, card, self.device, env.torch_threads)
         self.runner = choose_runner(env.precision, factory, probe, env.int8_min_agreement, env.int8_max_accuracy_drop)
@@ -74,7 +73,7 @@ class ImageClassifierHandler:
 
     def preprocess(self, data: list[dict], context) -> Batch:
         """Decode and transform every request; requests run side by side on the worker's threads
-        (PIL and torch release the GIL), so decoding keeps pace with a multi-threaded forward."""
+        (PIL and numpy release the GIL), so decoding keeps pace with a multi-threaded forward."""
         headers = [{k.lower(): v for k, v in (context.get_all_request_header(i) or {}).items()} for i in range(len(data))]
         jobs = list(zip([request_body(r) for r in data], headers))
         results = list(self.pool.map(self.preprocess_one, jobs)) if len(jobs) > 1 else [self.preprocess_one(jobs[0])]
@@ -90,10 +89,10 @@ class ImageClassifierHandler:
                 batch.counts.append(len(pixels))
                 batch.top_k.append(top_k)
         if tensors:
-            batch.pixels = torch.stack(tensors)
+            batch.pixels = np.stack(tensors)
         return batch
 
-    def preprocess_one(self, job: tuple[bytes, dict]) -> tuple[list[torch.Tensor], int] | ServeError:
+    def preprocess_one(self, job: tuple[bytes, dict]) -> tuple[list[np.ndarray], int] | ServeError:
         body, headers = job
         try:
             decoded = decode(body, headers.get("content-type"), self.transform.decode_min_side)
@@ -102,20 +101,21 @@ class ImageClassifierHandler:
         except ServeError as e:
             return e
 
-    def inference(self, pixels: torch.Tensor) -> torch.Tensor:
+    def inference(self, pixels: np.ndarray) -> np.ndarray:
         return self.runner(pixels)
 
-    def postprocess(self, probabilities: torch.Tensor | None, batch: Batch) -> list[str]:
+    def postprocess(self, probabilities: np.ndarray | None, batch: Batch) -> list[str]:
         answers, start = [], 0
         for i, (count, k) in enumerate(zip(batch.counts, batch.top_k)):
             if i in batch.errors:
                 answers.append(batch.errors[i].to_json())
                 continue
-            top = probabilities[start:start + count].topk(k, dim=1)
+            probs = probabilities[start:start + count]
             start += count
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower class index first
             answers.append(json.dumps({"predictions": [
-                [{"label": self.classes[c], "probability": round(p, 6)} for p, c in zip(ps, cs)]
-                for ps, cs in zip(top.values.tolist(), top.indices.tolist())
+                [{"label": self.classes[c], "probability": round(float(p[c]), 6)} for c in cs]
+                for p, cs in zip(probs, top.tolist())
             ]}))
         return answers
 

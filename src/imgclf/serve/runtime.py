@@ -1,12 +1,15 @@
 """How a model worker runs the network: the precision and runtime it serves with.
 
-A `Runner` takes a batch of transformed pixels and returns class probabilities. Two kinds:
+A `Runner` takes a batch of transformed pixels (float32 numpy, N x 3 x crop x crop) and returns
+class probabilities (numpy). Two kinds:
 
 - `OpenVinoRunner`: the OpenVINO IR files that training stored in the artifact (export.py), on the
   CPU: float32 (the same answers as torch, faster), bfloat16 (OpenVINO's bf16 inference mode on
-  the float32 IR) or int8 (the quantized IR).
-- `TorchRunner`: the torch network, channels-last, under inference_mode, optionally in bfloat16
-  autocast: on a GPU, and on a CPU for artifacts without IR files or without OpenVINO installed.
+  the float32 IR) or int8 (the quantized IR). Needs no torch: the CPU image serves with it alone.
+- `TorchRunner` (torch_runner.py, imported only when used): the torch network, channels-last,
+  under inference_mode, optionally in bfloat16 autocast: on a GPU, and on a CPU for artifacts
+  without IR files or without OpenVINO installed. An image without torch refuses such an
+  artifact at start (`unservable_reason`), naming the command that adds the IR files.
 
 `IMGCLF_PRECISION` chooses (`choose_runner`):
 
@@ -19,23 +22,23 @@ A `Runner` takes a batch of transformed pixels and returns class probabilities. 
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
-from .. import export
-from ..model import ModelCard, create_model
-from ..presets import ClassificationPresetEval, load_rgb
+from .. import openvino_runtime as openvino
+from ..card import ModelCard, ModelError, load_card
+from ..images import EvalTransform, load_rgb
 
 log = logging.getLogger(__name__)
 
-FP32, INT8 = export.FP32_FORMAT, export.INT8_FORMAT
+FP32, INT8 = openvino.FP32_FORMAT, openvino.INT8_FORMAT
+EXPORT_COMMAND = "imgclf-export"  # the console script that adds the IR files to an artifact (export_cli.py)
 PROBE_IMAGES = 4
 # bfloat16 keeps 8 bits of mantissa: on 20 real photos (bench/serve_precision_agreement.py) an
 # ImageNet efficientnet_lite0 kept every top-1, its probabilities moved by up to 0.04 under torch
@@ -50,29 +53,50 @@ CALIBRATION_PHOTOS = Path(__file__).parent / "calibration"
 class Runner(Protocol):
     name: str  # e.g. "openvino int8", logged and reported by benchmarks
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
-class TorchRunner:
-    def __init__(self, model: nn.Module, device: torch.device, autocast: bool):
-        self.model = model.to(device, memory_format=torch.channels_last)
-        self.device, self.autocast = device, autocast
-        self.name = f"torch {'bf16' if autocast else 'fp32'} on {device.type}"
-
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            logits = self.model(pixels)
-        return logits.float().softmax(dim=1).cpu()
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 class OpenVinoRunner:
     def __init__(self, compiled, name: str):
         self.compiled, self.name = compiled, name
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        logits = self.compiled(np.ascontiguousarray(pixels.numpy(), dtype=np.float32))[0]
-        return torch.from_numpy(logits).float().softmax(dim=1)
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return softmax(self.compiled(np.ascontiguousarray(pixels, dtype=np.float32))[0])
+
+
+def torch_available() -> bool:
+    """Whether torch is installed (the full image), found without importing it."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def worker_device(gpu_id) -> str:
+    """Where a worker runs the network: the GPU MMS gave it when torch can use one, else the CPU."""
+    if gpu_id is None or not torch_available():
+        return "cpu"
+    from .torch_runner import device_for
+
+    return device_for(gpu_id)
+
+
+def unservable_reason(model_dir: Path, card: ModelCard | None = None) -> str | None:
+    """Why this installation cannot serve the artifact (no torch, and no OpenVINO copy to run
+    instead), or None when it can."""
+    if card is None:
+        try:
+            card = load_card(model_dir)
+        except (ModelError, ValueError, KeyError):  # a broken card: the worker says what is wrong with it
+            return None
+    if torch_available() or (FP32 in card.formats and openvino.openvino_available()):
+        return None
+    return (f"{model_dir} has no OpenVINO copy of its network (model.xml), and this image serves without "
+            f"torch: add the copies with the full image, `{EXPORT_COMMAND} MODEL_DIR` (e.g. `docker run --rm -v "
+            f"$PWD/model:/opt/ml/model IMAGE {EXPORT_COMMAND} /opt/ml/model`), or serve it with the full image")
 
 
 def resident_mb() -> float:
@@ -84,100 +108,104 @@ def resident_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def probe_batch(n: int, size: int, transform: ClassificationPresetEval) -> torch.Tensor:
+def probe_batch(n: int, transform: EvalTransform) -> np.ndarray:
     """Deterministic smooth colour images through the real transform: inputs in the range the
     network sees, unlike uniform noise."""
-    g = torch.Generator().manual_seed(0)
-    images = []
-    for _ in range(n):
-        low = torch.rand(3, 4, 4, generator=g)
-        up = torch.nn.functional.interpolate(low[None], size=(size, size), mode="bicubic", align_corners=False)[0]
-        images.append(Image.fromarray((up.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()))
-    return torch.stack([transform(img) for img in images])
+    rng = np.random.default_rng(0)
+    size = transform.settings.crop_size
+    images = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+              for _ in range(n)]
+    return np.stack([transform(img) for img in images])
 
 
-def calibration_photos(transform: ClassificationPresetEval) -> torch.Tensor:
+def calibration_photos(transform: EvalTransform) -> np.ndarray:
     """The bundled sample photos, decoded as requests are and through the artifact's transform."""
     pixels = []
     for path in sorted(CALIBRATION_PHOTOS.glob("*.jpg")):
         with Image.open(path) as img:
             pixels.append(transform(load_rgb(img, transform.decode_min_side)))
-    return torch.stack(pixels)
+    return np.stack(pixels)
 
 
-def same_answers(fp32: torch.Tensor, other: torch.Tensor) -> tuple[bool, float]:
+def same_answers(fp32: np.ndarray, other: np.ndarray) -> tuple[bool, float]:
     """(agrees, largest probability gap): every top-1 that float32 is sure of is kept and no
     probability moves by more than MAX_PROBABILITY_GAP."""
-    gap = (fp32 - other).abs().max().item()
-    top2 = fp32.topk(min(2, fp32.shape[1])).values
+    gap = float(np.abs(fp32 - other).max())
+    top2 = -np.sort(-fp32, axis=1)[:, :2]
     sure = (top2[:, 0] - top2[:, -1]) > 2 * MAX_PROBABILITY_GAP
     same_top1 = bool((fp32.argmax(1) == other.argmax(1))[sure].all())
     return gap <= MAX_PROBABILITY_GAP and same_top1, gap
 
 
 class RunnerFactory:
-    """Builds the runners one artifact offers, loading each file only when asked."""
+    """Builds the runners one artifact offers, loading each file only when asked. `device` is
+    "cpu" or "cuda:N" (`worker_device`)."""
 
-    def __init__(self, model_dir: Path, card: ModelCard, device: torch.device, threads: int):
+    def __init__(self, model_dir: Path, card: ModelCard, device: str, threads: int):
         self.model_dir, self.card, self.device, self.threads = Path(model_dir), card, device, threads
-        self.use_openvino = device.type == "cpu" and FP32 in card.formats and export.openvino_available()
-        self._model = None
+        self.use_openvino = device == "cpu" and FP32 in card.formats and openvino.openvino_available()
+        reason = unservable_reason(self.model_dir, card)
+        if reason:
+            raise RuntimeError(reason)
+        self._torch = None
 
-    def torch_model(self) -> nn.Module:
-        if self._model is None:
-            model = create_model(self.card.arch, len(self.card.classes))
-            state = torch.load(self.model_dir / "model.pt", map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            self._model = model.eval()
-        return self._model
+    def torch(self, autocast: bool) -> Runner:
+        from . import torch_runner
+
+        if self._torch is None:
+            self._torch = torch_runner.load_model(self.model_dir, self.card)
+        return torch_runner.TorchRunner(self._torch, self.device, autocast=autocast, threads=self.threads)
+
+    def bf16_supported(self) -> bool:
+        if self.use_openvino:
+            return openvino.bf16_supported()
+        from .torch_runner import bf16_supported
+
+        return bf16_supported(self.device)
 
     def fp32(self) -> Runner:
         if self.use_openvino:
             return self._openvino(FP32, "f32", "openvino fp32")
-        return TorchRunner(self.torch_model(), self.device, autocast=False)
+        return self.torch(autocast=False)
 
     def bf16(self) -> Runner:
         if self.use_openvino:
             return self._openvino(FP32, "bf16", "openvino bf16")
-        return TorchRunner(self.torch_model(), self.device, autocast=True)
+        return self.torch(autocast=True)
 
     def int8(self) -> Runner:
-        if not export.openvino_available(calibration=INT8 not in self.card.formats):
-            raise RuntimeError("IMGCLF_PRECISION=int8 needs OpenVINO (and NNCF for an artifact without an int8 "
-                               "model): pip install 'imgclf[openvino]'")
-        if INT8 in self.card.formats:
+        if INT8 in self.card.formats and openvino.openvino_available():
             return self._openvino(INT8, "f32", "openvino int8")
-        fp32 = (export.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
-                else export.to_openvino(self.torch_model(), self.card.eval.crop_size))
-        photos = calibration_photos(ClassificationPresetEval.from_settings(self.card.eval))
+        if not (torch_available() and openvino.openvino_available(calibration=True)):
+            raise RuntimeError("IMGCLF_PRECISION=int8 on an artifact without an int8 model needs OpenVINO, NNCF and "
+                               "torch (the full image, or pip install 'imgclf[openvino]')")
+        from .. import export
+
+        fp32 = (openvino.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
+                else export.to_openvino(self.torch(autocast=False).model, self.card.eval.crop_size))
+        photos = calibration_photos(EvalTransform(self.card.eval))
         log.warning("the artifact has no int8 model: quantizing at start-up on the %d bundled sample photos; its "
                     "agreement with float32 is unchecked (train with the openvino extra installed to calibrate on "
                     "training images)", len(photos))
-        int8 = export.quantize(fp32, [b.numpy() for b in photos.split(8)])
-        return OpenVinoRunner(export.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
+        int8 = export.quantize(fp32, [photos[i:i + 8] for i in range(0, len(photos), 8)])
+        return OpenVinoRunner(openvino.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
 
     def _openvino(self, name: str, hint: str, label: str) -> OpenVinoRunner:
-        ov_model = export.read_model(self.model_dir / self.card.formats[name].file)
-        return OpenVinoRunner(export.compile_model(ov_model, threads=self.threads, precision_hint=hint), label)
+        ov_model = openvino.read_model(self.model_dir / self.card.formats[name].file)
+        return OpenVinoRunner(openvino.compile_model(ov_model, threads=self.threads, precision_hint=hint), label)
 
 
-def choose_runner(precision: str, factory: RunnerFactory, probe: torch.Tensor,
+def choose_runner(precision: str, factory: RunnerFactory, probe: np.ndarray,
                   min_agreement: float, max_accuracy_drop: float) -> Runner:
     """The runner for IMGCLF_PRECISION=`precision` (see the module's docstring); logs why."""
     if precision in ("fp32", "bf16", "int8"):
         runner = getattr(factory, precision)()
         log.info("precision %s: %s", precision, runner.name)
         return runner
-    int8 = factory.card.formats.get(INT8) if factory.device.type == "cpu" else None
+    int8 = factory.card.formats.get(INT8) if factory.device == "cpu" else None
     if int8 is None:
-        reason = "the artifact has no int8 model" if factory.device.type == "cpu" else "int8 runs on CPUs only"
-    elif not export.openvino_available():
+        reason = "the artifact has no int8 model" if factory.device == "cpu" else "int8 runs on CPUs only"
+    elif not openvino.openvino_available():
         reason = "OpenVINO is not installed"
     elif int8.agreement is None or not int8.agreement.meets(min_agreement, max_accuracy_drop):
         reason = f"int8 {int8.agreement or 'was never checked on labelled images'} misses the threshold"
@@ -186,7 +214,7 @@ def choose_runner(precision: str, factory: RunnerFactory, probe: torch.Tensor,
                  int8.agreement, 100 * min_agreement, 100 * max_accuracy_drop)
         return factory.int8()
     fp32 = factory.fp32()
-    if not bf16_supported(factory.device):
+    if not factory.bf16_supported():
         log.info("precision auto: %s (%s; no bfloat16 on this processor)", fp32.name, reason)
         return fp32
     try:

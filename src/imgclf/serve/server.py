@@ -2,9 +2,7 @@
 
 In a container it takes no arguments: everything comes from the SAGEMAKER_* variables that
 sagemaker-inference defines and our IMGCLF_* ones (environment.py). Outside a container the
-flags set the same variables:
-
-    imgclf-serve --model-dir ./model --port 8080
+flags set the same variables: `imgclf-serve --model-dir ./model --port 8080`.
 
 Started as root (as SageMaker starts it), it first copies the model and drops to an unprivileged
 user (privileges.py). It starts multi-model-server in the foreground on a private port, registers
@@ -40,6 +38,7 @@ from ..archive import UnsafeArchive, packed_model
 from . import environment as E
 from .environment import ServingEnvironment
 from .front import MODEL_NAME, Front
+from .runtime import unservable_reason
 from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
 
 log = logging.getLogger("imgclf.serve")
@@ -243,6 +242,8 @@ def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None
     try:
         try:
             model_dir = prepare(env, run_dir, user)
+            if not env.multi_model and (reason := unservable_reason(model_dir)):  # e.g. no torch, no OpenVINO copy
+                raise RuntimeError(reason)
         except (OSError, RuntimeError, UnsafeArchive) as e:
             log.error("cannot prepare the model for serving: %s", e)
             return 1

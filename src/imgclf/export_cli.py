@@ -1,0 +1,84 @@
+"""`imgclf-export`: add the OpenVINO copies to a model artifact that lacks them (one written
+before training stored them, or without the `openvino` extra), so that the CPU image, which
+serves them without torch, can serve it. Runs where torch is (the full image, or the venv):
+
+    imgclf-export MODEL_DIR                 # float32 copy (model.xml): the same answers as torch
+    imgclf-export MODEL_DIR --data DIR      # and the int8 copy, calibrated and checked on DIR
+    docker run --rm -v $PWD/model:/opt/ml/model IMAGE imgclf-export /opt/ml/model
+
+DIR is a folder of class folders (a validation channel): both copies are checked against the
+torch network on it and the result recorded in model.json, as training does.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import export
+from .data import ImageFolderDataset
+from .images import EvalTransform
+from .model import ModelError, ServingFormat, load_artifact, write_card
+from .presets import ClassificationPresetEval
+from .serve.runtime import PROBE_IMAGES, probe_batch
+
+log = logging.getLogger("imgclf.export")
+
+
+def add_fp32(model_dir: Path, model: torch.nn.Module, card):
+    """The float32 copy alone, its agreement unchecked (no labelled images): it is the same
+    network, and the largest probability gap to torch on the probe images is logged."""
+    ov_model = export.to_openvino(model, card.eval.crop_size)
+    file = export.FILES[export.FP32_FORMAT]
+    export.save_model(ov_model, model_dir / file)
+    probe = probe_batch(PROBE_IMAGES, EvalTransform(card.eval))
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(probe)).softmax(1).numpy()
+    logits = export.compile_model(ov_model)(probe)[0]
+    got = np.exp(logits - logits.max(1, keepdims=True))
+    gap = float(np.abs(got / got.sum(1, keepdims=True) - expected).max())
+    log.info("%s: largest probability gap to torch on %d probe images %.2g", export.FP32_FORMAT, len(probe), gap)
+    card = replace(card, formats={**card.formats, export.FP32_FORMAT: ServingFormat(file, "fp32")})
+    write_card(model_dir, card)
+    return card
+
+
+def main(args: argparse.Namespace) -> int:
+    if not export.openvino_available(calibration=args.data is not None):
+        log.error("needs OpenVINO%s: run it in the full image, or pip install 'imgclf[openvino]'",
+                  " and NNCF" if args.data else "")
+        return 1
+    try:
+        model, card = load_artifact(args.model_dir)
+        if args.data is None:
+            card = add_fp32(args.model_dir, model, card)
+        else:
+            images = ImageFolderDataset(args.data, card.classes, ClassificationPresetEval.from_settings(card.eval))
+            card = export.export_serving_formats(args.model_dir, model, card, calibration=images, validation=images)
+    except (ModelError, OSError, ValueError) as e:
+        log.error("cannot export %s: %s", args.model_dir, e)
+        return 1
+    log.info("%s now holds %s", args.model_dir, ", ".join(f"{name} ({f.file})" for name, f in card.formats.items()))
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip('`').split('`')[-1].strip(": "))
+    p.add_argument("model_dir", type=Path, help="the artifact: a folder with model.json and model.pt")
+    p.add_argument("--data", type=Path, help="labelled images (one folder per class) to calibrate the int8 copy "
+                                             "on and to check both copies against torch")
+    return p
+
+
+def cli(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    sys.exit(main(get_args_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    cli()
