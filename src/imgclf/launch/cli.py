@@ -8,10 +8,11 @@
     imgclf tune --data s3://bucket/dogs --max-jobs 20 --max-parallel-jobs 2 [--features s3://.../model.tar.gz]
     imgclf tune --local --data ./data --max-jobs 8 --epochs 3     the Optuna tuner in one container
     imgclf train --best best.json --data s3://bucket/dogs         the final model with the best trial's values
-    imgclf deploy --training-job imgclf-2024-... [--serverless-memory 4096 | --multi-model s3://...]
+    imgclf deploy --training-job imgclf-2024-... [--serverless-memory 4096 | --async s3://... | --multi-model s3://...]
     imgclf invoke ENDPOINT dog.jpg --top-k 3
     imgclf delete ENDPOINT
     imgclf transform --model-data s3://.../model.tar.gz --data s3://bucket/images --output-path s3://...
+                     [--max-payload-mb 20]
 
 Every command takes --local: SageMaker local mode with Docker Compose, file:// data and output,
 no AWS account. The image comes from --image-uri or $IMGCLF_IMAGE_URI.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from ..contract import UserError
+from . import hosting_flags
 
 IMAGE_URI_ENV = "IMGCLF_IMAGE_URI"
 
@@ -171,7 +173,7 @@ def cmd_deploy(args) -> None:
                       if args.serverless_memory else None)
         pred = hosting.deploy(target, image_uri, _model_data(args, target), instance_type=args.instance_type,
                               instance_count=args.instance_count, endpoint_name=args.endpoint_name,
-                              serverless=serverless)
+                              serverless=serverless, **hosting_flags.deploy_options(args))
     print(f"endpoint: {pred.endpoint_name}", flush=True)
     if target.local:
         # A local endpoint is a container owned by this process: serve until interrupted, then clean up.
@@ -213,7 +215,7 @@ def cmd_transform(args) -> None:
     data = datasets.local_uri(args.data) if target.local else args.data
     out = hosting.transform(target, _image_uri(args), _model_data(args, target), data, output,
                             instance_type=args.instance_type, instance_count=args.instance_count,
-                            wait=not args.no_wait)
+                            wait=not args.no_wait, **hosting_flags.transform_options(args))
     print(f"transform output: {out}")
 
 
@@ -392,6 +394,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     de.add_argument("--serverless-memory", type=int, metavar="MB", help="serverless endpoint with this memory")
     de.add_argument("--serverless-concurrency", type=int, default=5)
     de.add_argument("--multi-model", metavar="S3_PREFIX", help="multi-model endpoint over the model.tar.gz here")
+    hosting_flags.add_deploy_flags(de)
     de.set_defaults(func=cmd_deploy)
 
     i = sub.add_parser("invoke", parents=[common], help="send image files to an endpoint, print top-k")
@@ -410,6 +413,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", required=True, help="S3 prefix of images (a folder with --local)")
     tr.add_argument("--output-path", help="where <image>.out answers go")
     tr.add_argument("--no-wait", action="store_true")
+    hosting_flags.add_transform_flags(tr)
     tr.set_defaults(func=cmd_transform)
     return p
 
