@@ -128,3 +128,14 @@ def test_defaults_are_stated_once_and_shown_in_the_help():
         setting = environment.SETTINGS[name]
         assert f"${setting.var}, default {setting.default})" in help_text
         assert getattr(ServingEnvironment, name) == setting.default == getattr(ServingEnvironment.from_env({}), name)
+
+
+def test_readme_profile_table_matches_the_code():
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (real-time|serverless|async|batch) \| .*\| (\d+) s \|$", readme, re.M))
+    assert rows == {name: str(limits.response_timeout_s) for name, limits in environment.PROFILES.items()}
+    sizes = dict(re.findall(r"^\| (real-time|serverless|async) \| [^|]+\| (\d+ [MG]iB) \|", readme, re.M))
+    shown = {name: environment.PROFILES[name].max_payload_bytes for name in sizes}
+    assert {n: int(v.split()[0]) * (1024 ** (2 if "MiB" in v else 3)) for n, v in sizes.items()} == shown
