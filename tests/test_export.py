@@ -102,6 +102,7 @@ def test_artifact_carries_a_few_training_images_for_calibration(exported):
             assert img.format == "JPEG" and min(img.size) <= card.eval.resize_size
 
 
+@pytest.mark.slow
 def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(exported, caplog):
     """A random network's answers hang on small differences, so plain int8 changes some; accuracy
     control puts layers back to float32 until all of them agree (the threshold asked here)."""
@@ -111,7 +112,7 @@ def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(
     answers = export.reference_answers(model, valid)
     plain, _ = export.top1_agreement(export.compile_model(export.quantize(fp32, batches)), answers)
     assert plain < 1.0  # else this test shows nothing
-    caplog.set_level("INFO")
+    caplog.set_level("INFO", logger=export.log.name)
     int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
     assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
     assert "quantizing with accuracy control" in caplog.text
