@@ -258,11 +258,11 @@ def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, c
     """Write the OpenVINO float32 and int8 copies of `model` into `model_dir`, check both on
     `validation` against torch float32 and record them in model.json. `calibration` should give
     training images through the eval transform (`with_transform`). Returns the card written."""
-    stored = store_calibration_images(model_dir, calibration, card.eval.resize_size)
-    log.info("%d calibration images stored in %s", stored, Path(model_dir) / CALIBRATION_DIR)
     if not openvino_available(calibration=True):
         log.warning("openvino/nncf not installed: the artifact has no OpenVINO formats (pip install 'imgclf[openvino]')")
         return card
+    stored = store_calibration_images(model_dir, calibration, card.eval.resize_size)
+    log.info("%d calibration images stored in %s", stored, Path(model_dir) / CALIBRATION_DIR)
     start = time.perf_counter()
     model = copy.deepcopy(model).float().cpu().eval()
     model_dir = Path(model_dir)
