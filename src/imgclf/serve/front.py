@@ -49,6 +49,7 @@ HEALTHY = ("Healthy", "Partial Healthy")
 PRODUCES = "application/json"
 ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
 ERROR_STATUSES = {s.value for s in HTTPStatus if s >= 400}
+UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_connect=10)  # management calls: loading a model waits on MMS
 DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
 
 
@@ -235,7 +236,8 @@ class Front:
         Content-Type of a model's answers (the worker sends them without one: mms_entry.py)."""
         try:
             async with self.session.request(method, self.upstream + path, headers=headers,
-                                            data=body if method in ("POST", "PUT") else None) as resp:
+                                            data=body if method in ("POST", "PUT") else None,
+                                            timeout=self.upstream_timeout if answer_type else UNBOUNDED) as resp:
                 payload = await resp.read()
                 if resp.status in ERROR_STATUSES and (reason := model_server_error(payload)):
                     log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
