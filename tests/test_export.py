@@ -90,6 +90,32 @@ def test_agreement_counts_top1_matches_and_accuracy(exported):
     assert a.fp32_accuracy == pytest.approx((fp32 == labels).float().mean().item())
 
 
+def test_artifact_carries_a_few_training_images_for_calibration(exported):
+    """Small: 12 training images here (at most 32), their short side at the eval resize size."""
+    from PIL import Image
+
+    model_dir, _, card, _ = exported
+    stored = sorted((model_dir / export.CALIBRATION_DIR).glob("*.jpg"))
+    assert len(stored) == 12
+    for path in stored:
+        with Image.open(path) as img:
+            assert img.format == "JPEG" and min(img.size) <= card.eval.resize_size
+
+
+@pytest.mark.slow
+def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(exported):
+    """A random network's answers hang on small differences, so plain int8 changes some; accuracy
+    control puts layers back to float32 until all of them agree (the threshold asked here)."""
+    model_dir, model, card, valid = exported
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
+    answers = export.reference_answers(model, valid)
+    plain, _ = export.top1_agreement(export.compile_model(export.quantize(fp32, batches)), answers)
+    assert plain < 1.0  # else this test shows nothing
+    int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
+    assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
+
+
 def test_with_transform_keeps_the_subset_and_leaves_the_original_alone(tmp_path):
     make_image_folder(tmp_path / "train", per_class=2)
     classes = find_classes(tmp_path / "train")

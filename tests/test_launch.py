@@ -484,6 +484,57 @@ def test_transform_job_request_on_aws(aws):
     assert job["TransformResources"]["InstanceCount"] == 2 and job["TransformOutput"]["Accept"] == "application/json"
 
 
+def test_endpoints_tell_the_container_their_serving_profile(aws):
+    client = aws.session.sagemaker_client
+
+    def profile(endpoint):
+        variant = client.describe_endpoint_config(EndpointConfigName=endpoint)["ProductionVariants"][0]
+        return client.describe_model(ModelName=variant["ModelName"])["PrimaryContainer"]["Environment"]
+
+    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="rt", wait=False)
+    hosting.deploy(aws, IMAGE, "s3://out/model.tar.gz", endpoint_name="sl", wait=False,
+                   serverless=hosting.serverless_config(1024, 1), env={"IMGCLF_TOP_K": "3"})
+    assert profile("rt") == {"IMGCLF_SERVING_PROFILE": "real-time"}
+    assert profile("sl") == {"IMGCLF_SERVING_PROFILE": "serverless", "IMGCLF_TOP_K": "3"}
+
+
+def test_async_endpoint_and_its_limits(aws, sent, cli_env, capsys, monkeypatch):
+    """`imgclf deploy --async`: an AsyncInferenceConfig writing answers (and failures) under the prefix,
+    and the container told to serve its async profile (payloads up to 1 GB, an hour per request)."""
+    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    cli.main(["deploy", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--model-data",
+              "s3://out/model.tar.gz", "--endpoint-name", "async", "--async", "s3://out/async/",
+              "--async-concurrency", "2"])
+    (config,) = sent["CreateEndpointConfig"]
+    assert config["AsyncInferenceConfig"] == {
+        "OutputConfig": {"S3OutputPath": "s3://out/async", "S3FailurePath": "s3://out/async/failures"},
+        "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 2}}
+    (model,) = sent["CreateModel"]
+    assert model["PrimaryContainer"]["Environment"] == {"IMGCLF_SERVING_PROFILE": "async"}
+    assert "endpoint: async" in capsys.readouterr().out
+    with pytest.raises(UserError, match="not an s3:// path"):
+        hosting.async_config("/tmp/answers")
+    with pytest.raises(UserError, match="need SageMaker"):
+        hosting.deploy(session.local_target(), IMAGE, "file:///m.tar.gz", async_inference=hosting.async_config("s3://a"))
+
+
+def test_batch_sized_transform(aws, sent, cli_env, capsys, monkeypatch):
+    """`imgclf transform --max-payload-mb 20`: MaxPayloadInMB, which SageMaker passes to the container
+    (SAGEMAKER_MAX_PAYLOAD_IN_MB), and the batch profile's hour per record instead of SageMaker's 600 s."""
+    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    cli.main(["transform", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--model-data",
+              "s3://out/model.tar.gz", "--data", "s3://data/images", "--output-path", "s3://out/p",
+              "--max-payload-mb", "20", "--no-wait"])
+    (request,) = sent["CreateTransformJob"]
+    assert request["MaxPayloadInMB"] == 20 and request["BatchStrategy"] == "SingleRecord"
+    assert request["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 3600
+    client = aws.session.sagemaker_client
+    (summary,) = client.list_transform_jobs()["TransformJobSummaries"]
+    assert client.describe_transform_job(TransformJobName=summary["TransformJobName"])["MaxPayloadInMB"] == 20
+    with pytest.raises(UserError, match="0 \\(no limit\\) to 100 MB"):
+        hosting.transform(aws, IMAGE, "s3://out/model.tar.gz", "s3://d", "s3://o", max_payload_mb=101, wait=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 

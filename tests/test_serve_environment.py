@@ -48,7 +48,7 @@ def test_sagemaker_and_imgclf_variables_override():
     assert env.model_dir == Path("/srv/ml/model") and env.models_dir == Path("/srv/ml/models")
     assert env.port == 9090 and env.multi_model
     assert env.workers == 2 and env.torch_threads == 4
-    assert env.response_timeout_s == 120 and env.max_payload_bytes == 20 * 1024 * 1024
+    assert env.response_timeout_s == 120 and env.max_payload_bytes == 20 * 1024 * 1024  # seconds, MiB
     assert (env.batch_size, env.max_batch_delay_ms, env.top_k, env.precision) == (16, 0, 3, "int8")
     assert (env.int8_min_agreement, env.int8_max_accuracy_drop) == (0.95, 0.02)
 
@@ -69,3 +69,73 @@ def test_bad_values_name_the_variable(var, value, words):
     with pytest.raises(ValueError, match=var) as e:
         ServingEnvironment.from_env({var: value})
     assert words in str(e.value)
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("variables, profile, payload, timeout", [
+    ({}, "real-time", 6 * MiB, 60),
+    ({"IMGCLF_SERVING_PROFILE": "serverless"}, "serverless", 4 * MiB, 60),
+    ({"IMGCLF_SERVING_PROFILE": "async"}, "async", 1024 * MiB, 3600),
+    # what SageMaker sets in a batch transform's container: MaxPayloadInMB honoured
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}, "batch", 20 * MiB, 3600),
+    ({"SAGEMAKER_BATCH": "true"}, "batch", 6 * MiB, 3600),
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"}, "batch", 1024 * MiB, 3600),  # 0: no limit
+    ({"IMGCLF_SERVING_PROFILE": "async", "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "900"}, "async", 1024 * MiB, 900),
+])
+def test_profiles_set_payload_limit_and_timeout_together(variables, profile, payload, timeout):
+    env = ServingEnvironment.from_env(variables, memory_bytes=None)
+    assert (env.profile, env.max_payload_bytes, env.response_timeout_s) == (profile, payload, timeout)
+    assert env.jvm_heap_bytes == 512 * MiB  # large bodies go to disk, never onto the heap (spool.py)
+
+
+@pytest.mark.parametrize("memory_gb, heap_mib", [(1, 256), (2, 512), (6, 512), (0.25, 128)])
+def test_jvm_heap_fits_the_container_memory(memory_gb, heap_mib):
+    memory = int(memory_gb * 1024 * MiB)
+    env = ServingEnvironment.from_env({"IMGCLF_SERVING_PROFILE": "serverless"}, memory_bytes=memory)
+    assert env.jvm_heap_bytes == heap_mib * MiB
+
+
+def test_serverless_runs_one_worker_on_every_cpu():
+    with mock.patch.object(environment, "cpu_count", return_value=8):
+        env = ServingEnvironment.from_env({"IMGCLF_SERVING_PROFILE": "serverless"})
+    assert (env.workers, env.torch_threads) == (1, 8)
+
+
+def test_memory_limit_read_from_cgroup_v2_and_v1(tmp_path):
+    (tmp_path / "memory.max").write_text("2147483648\n")
+    assert environment.memory_limit_bytes(tmp_path) == 2 * 1024 * MiB
+    (tmp_path / "memory.max").write_text("max\n")
+    assert environment.memory_limit_bytes(tmp_path) is None
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.limit_in_bytes").write_text("1073741824")
+    assert environment.memory_limit_bytes(tmp_path) == 1024 * MiB
+    assert environment.memory_limit_bytes(tmp_path / "missing") is None
+
+
+def test_unknown_profile_is_refused():
+    with pytest.raises(ValueError, match="IMGCLF_SERVING_PROFILE='fast'; choose one of real-time, serverless"):
+        ServingEnvironment.from_env({"IMGCLF_SERVING_PROFILE": "fast"})
+
+
+def test_defaults_are_stated_once_and_shown_in_the_help():
+    from imgclf.serve.server import get_args_parser
+
+    help_text = " ".join(get_args_parser().format_help().split())
+    for name in ("batch_size", "max_batch_delay_ms", "top_k", "port", "precision"):
+        setting = environment.SETTINGS[name]
+        assert f"${setting.var}, default {setting.default})" in help_text
+        assert getattr(ServingEnvironment, name) == setting.default == getattr(ServingEnvironment.from_env({}), name)
+
+
+def test_readme_profile_table_matches_the_code():
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| (real-time|serverless|async|batch) \| .*\| (\d+) s \|$", readme, re.M))
+    assert rows == {name: str(limits.response_timeout_s) for name, limits in environment.PROFILES.items()}
+    sizes = dict(re.findall(r"^\| (real-time|serverless|async) \| [^|]+\| (\d+ [MG]iB) \|", readme, re.M))
+    shown = {name: environment.PROFILES[name].max_payload_bytes for name in sizes}
+    assert {n: int(v.split()[0]) * (1024 ** (2 if "MiB" in v else 3)) for n, v in sizes.items()} == shown

@@ -5,6 +5,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from serve_support import make_artifact
 from test_export import exported  # noqa: F401  (the fixture: an artifact with its OpenVINO formats)
 
@@ -109,10 +110,16 @@ def test_artifact_without_openvino_formats_is_served_by_torch(tmp_path, caplog):
     card = load_card(model_dir)
     assert choose(model_dir, card, bf16=False).name == "torch fp32 on cpu"
     assert choose(model_dir, card, "bf16").name == "torch bf16 on cpu"
+    # forced int8 calibrates only on images that come with the artifact: none here
+    with pytest.raises(RuntimeError, match="neither an int8 model nor calibration images"):
+        choose(model_dir, card, "int8")
+    (model_dir / "calibration").mkdir()
+    for i, colour in enumerate(("red", "green", "blue", "white")):
+        Image.new("RGB", (40, 36), colour).save(model_dir / "calibration" / f"{i:02d}.jpg")
     caplog.set_level(logging.WARNING)
     int8 = choose(model_dir, card, "int8")  # quantized at start-up, with a warning
     assert int8.name.startswith("openvino int8") and "unchecked" in caplog.text
-    assert "on the 32 bundled sample photos" in caplog.text  # real photos, 8 of each sample class
+    assert "on its 4 calibration images" in caplog.text
     assert int8(probe(card)).shape == (4, len(card.classes))
 
 

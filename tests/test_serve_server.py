@@ -3,6 +3,7 @@ import base64
 import io
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,12 +26,14 @@ def test_mms_config_keeps_the_model_server_private_and_batched(tmp_path):
     props = dict(line.split("=", 1) for line in mms_config(env, 23456).splitlines())
     assert props["inference_address"] == props["management_address"] == "http://127.0.0.1:23456"
     assert props["default_service_handler"] == "imgclf.serve.mms_entry:handle"
-    assert props["default_workers_per_model"] == "3" and props["default_response_timeout"] == "90"
+    # MMS restarts a worker only past the start-up timeout and past the front's response timeout, in seconds
+    assert props["default_workers_per_model"] == "3" and props["default_response_timeout_seconds"] == "600"
+    assert "default_response_timeout" not in props  # minutes in MMS 1.1.11
     assert int(props["max_request_size"]) > env.max_payload_bytes  # the front enforces the limit with a JSON reason
     assert "-Xmx512m" in props["vmargs"] and "-XX:-UseContainerSupport" in props["vmargs"]
     own = ServingEnvironment(model_dir=tmp_path, models_dir=tmp_path, vmargs="-Xmx2g")
     assert dict(line.split("=", 1) for line in mms_config(own, 1).splitlines())["vmargs"] == "-Xmx2g"
-    assert register_defaults(env) == {"batch_size": 4, "max_batch_delay": 7, "initial_workers": 3, "response_timeout": 90}
+    assert register_defaults(env) == {"batch_size": 4, "max_batch_delay": 7, "initial_workers": 3}
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +186,45 @@ def test_multi_model_endpoint_loads_routes_and_unloads(tmp_path):
         assert requests.delete(s.url + "/models/shapes", timeout=60).status_code == 200
         assert post(s, jpeg(), "image/jpeg", **target).status_code == 404
         assert labels(post(s, jpeg(), "image/jpeg", **{"X-Amzn-SageMaker-Target-Model": "colours"})) == set(CLASSES)
+
+
+def test_a_model_slower_than_its_timeout_gets_a_504_and_the_server_keeps_serving(tmp_path):
+    """The response timeout is the front's, in seconds, end to end: a batch that takes longer gets a
+    504 with a JSON reason at the timeout, its worker finishes it, and the next request is answered."""
+    require_mms()
+    model_dir = make_artifact(tmp_path / "model", image_size=224)
+    env = {**SERVER_ENV, "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "1", "IMGCLF_MAX_IMAGE_PIXELS": "40000000",
+           "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6"}
+    with serve(tmp_path, ["--model-dir", str(model_dir), "--workers", "1"], env) as s:
+        s.wait_healthy()
+        slow = npy(np.random.default_rng(0).integers(0, 255, (64, 160, 160, 3), np.uint8))  # 64 images in one batch
+        start = time.monotonic()
+        r = post(s, slow, "application/x-npy")
+        assert r.status_code == 504 and time.monotonic() - start < 10
+        assert r.json() == {"error": "Gateway Timeout",
+                            "message": "the model did not answer within the response timeout of 1 s"}
+        deadline = time.monotonic() + 120
+        while (answer := post(s, jpeg(), "image/jpeg")).status_code == 504 and time.monotonic() < deadline:
+            pass  # the worker is still on the slow batch
+        assert answer.status_code == 200 and answer.json()["predictions"]
+        assert requests.get(s.url + "/ping", timeout=5).status_code == 200
+        assert "Backend worker did not respond" not in s.log_text()  # MMS never restarted the worker
+
+
+def test_a_body_too_large_for_memory_reaches_the_worker_as_a_file(tmp_path):
+    """Bodies over IN_MEMORY_BYTES go to disk in the front and pass to the worker as a file (spool.py),
+    which the front deletes once answered; the header that names it is the front's alone."""
+    require_mms()
+    model_dir = make_artifact(tmp_path / "model", image_size=32)
+    env = {**SERVER_ENV, "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "IMGCLF_MAX_IMAGE_PIXELS": "40000000",
+           "TMPDIR": str(tmp_path)}
+    big = npy(np.full((3, 1200, 1000, 3), (200, 20, 20), np.uint8))  # 10.8 MB, over the 6 MiB kept in memory
+    with serve(tmp_path, ["--model-dir", str(model_dir), "--workers", "1"], env) as s:
+        s.wait_healthy()
+        r = post(s, big, "application/x-npy")
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 3
+        assert not list(tmp_path.glob("imgclf-serve-*/spool/body-*"))  # deleted once answered
+        forged = post(s, jpeg(), "image/jpeg", **{"X-Imgclf-Spooled-Body": "body-" + "0" * 32})
+        assert forged.status_code == 200  # the client's header was dropped: its own body was read
+        assert post(s, b"\xff" * (21 * 1024 * 1024), "image/jpeg").status_code == 413

@@ -4,7 +4,11 @@ At the end of training (`export_serving_formats`):
 
     model.xml / model.bin            OpenVINO IR, float32 weights: the same answers as torch, faster
     model_int8.xml / model_int8.bin  OpenVINO IR after post-training static int8 quantization
-                                     (NNCF), calibrated on a few hundred training images
+                                     (NNCF), calibrated on a few hundred training images; where
+                                     that keeps too few of float32's answers, accuracy-aware
+                                     quantization leaves the most sensitive layers in float32
+    calibration/*.jpg                a few training images (int8 calibration at serving start-up
+                                     for a copy without the int8 IR; serve/runtime.py)
 
 Each is checked against the float32 torch network on the validation set (top-1 agreement and
 accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from them
@@ -36,6 +40,8 @@ from .data import make_loader
 from .model import Agreement, ModelCard, ServingFormat, write_card
 from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model,  # noqa: F401
                                openvino_available, read_model)
+from .names import CALIBRATION_DIR
+from .serve.profiles import INT8_MIN_AGREEMENT
 from .signalstack import keep_signal_stack
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,8 @@ CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the 
 FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
+STORED_CALIBRATION_IMAGES = 32
+ACCURACY_CONTROL_IMAGES = 300  # validation images that accuracy-aware quantization compares on
 
 
 def to_openvino(model: nn.Module, crop_size: int):
@@ -73,6 +81,71 @@ def quantize(ov_model, batches: list[np.ndarray]):
                              fast_bias_correction=not full)
     finally:
         keep_signal_stack()
+
+
+def reference_answers(reference: nn.Module, validation: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(pixels, float32 top-1) batches of up to ACCURACY_CONTROL_IMAGES validation images."""
+    with torch.inference_mode():
+        return [(pixels.numpy(), reference(pixels).argmax(1).numpy())
+                for pixels, _ in pixel_batches(validation, ACCURACY_CONTROL_IMAGES)]
+
+
+def top1_agreement(compiled, answers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, None]:
+    """The share of float32's top-1 answers that `compiled` gives (NNCF's validation_fn shape)."""
+    same = sum(int((np.asarray(compiled(pixels)[0]).argmax(1) == top1).sum()) for pixels, top1 in answers)
+    return same / max(1, sum(len(top1) for _, top1 in answers)), None
+
+
+def quantize_to_agreement(ov_model, batches: list[np.ndarray], reference: nn.Module, validation: Dataset,
+                          min_agreement: float = INT8_MIN_AGREEMENT):
+    """`quantize`, and where its top-1 agreement with float32 on validation images is below
+    `min_agreement`, NNCF's accuracy-aware quantization instead: it ranks the quantized layers by
+    how much they change the answers and puts the worst back to float32 until the agreement is met."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    int8 = quantize(ov_model, batches)
+    answers = reference_answers(reference, validation)
+    plain, _ = top1_agreement(compile_model(int8), answers)
+    if not answers or plain >= min_agreement:
+        return int8
+    log.info("plain int8 keeps %.2f%% of float32's top-1 answers on %d validation images (threshold %.1f%%): "
+             "quantizing with accuracy control", 100 * plain, sum(len(t) for _, t in answers), 100 * min_agreement)
+    try:
+        return nncf.quantize_with_accuracy_control(
+            ov_model, nncf.Dataset(batches), nncf.Dataset(answers, lambda item: item[0]), top1_agreement,
+            max_drop=1 - min_agreement, drop_type=nncf.DropType.ABSOLUTE, target_device=nncf.TargetDevice.CPU,
+            preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(batches),
+            fast_bias_correction=sum(map(len, batches)) < FULL_BIAS_CORRECTION_IMAGES,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(num_ranking_workers=1))
+    finally:
+        keep_signal_stack()
+
+
+def store_calibration_images(model_dir: Path, dataset: Dataset, resize_size: int,
+                             limit: int = STORED_CALIBRATION_IMAGES) -> int:
+    """Up to `limit` images of `dataset` drawn at random, their short side shrunk to the eval resize
+    size, as JPEGs in the artifact's calibration/ folder. Returns how many were stored."""
+    from PIL import Image
+
+    if isinstance(dataset, IterableDataset):  # shards: no random access to draw from
+        log.info("training on shards: no calibration images stored in the artifact")
+        return 0
+    plain = with_transform(dataset, None)
+    out = Path(model_dir) / CALIBRATION_DIR
+    out.mkdir(exist_ok=True)
+    stored = 0
+    for i in torch.randperm(len(plain), generator=torch.Generator().manual_seed(0))[:limit].tolist():
+        item = plain[i]
+        if item is None:  # unreadable
+            continue
+        img = item[0]
+        scale = resize_size / min(img.size)
+        if scale < 1:
+            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BILINEAR)
+        img.save(out / f"{stored:02d}.jpg", quality=95)
+        stored += 1
+    return stored
 
 
 def save_model(ov_model, path: Path) -> None:
@@ -129,12 +202,14 @@ def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, c
     if not openvino_available(calibration=True):
         log.warning("openvino/nncf not installed: the artifact has no OpenVINO formats (pip install 'imgclf[openvino]')")
         return card
+    stored = store_calibration_images(model_dir, calibration, card.eval.resize_size)
+    log.info("%d calibration images stored in %s", stored, Path(model_dir) / CALIBRATION_DIR)
     start = time.perf_counter()
     model = copy.deepcopy(model).float().cpu().eval()
     model_dir = Path(model_dir)
     fp32 = to_openvino(model, card.eval.crop_size)
     batches = [pixels.numpy() for pixels, _ in pixel_batches(calibration, calibration_images)]
-    int8 = quantize(fp32, batches)
+    int8 = quantize_to_agreement(fp32, batches, model, validation)
     formats = {}
     for name, ov_model, extra in ((FP32_FORMAT, fp32, {}),
                                   (INT8_FORMAT, int8, {"calibration_images": sum(map(len, batches))})):

@@ -15,6 +15,7 @@ class UserError(Exception):
 # the model artifact: model.py writes it, serving and the launcher read it
 WEIGHTS_FILE = "model.pt"  # the state_dict, loadable with torch.load(..., weights_only=True)
 CARD_FILE = "model.json"  # arch, classes, eval settings, versions, serving formats
+CALIBRATION_DIR = "calibration"  # training images kept in the artifact, to calibrate int8 at serving start-up
 MODEL_ARCHIVE = "model.tar.gz"  # what SageMaker packs the model dir into
 
 # the training job's input channels (features: features.py)

@@ -8,10 +8,11 @@
     imgclf tune --data s3://bucket/dogs --max-jobs 20 --max-parallel-jobs 2 [--features s3://.../model.tar.gz]
     imgclf tune --local --data ./data --max-jobs 8 --epochs 3     the Optuna tuner in one container
     imgclf train --best best.json --data s3://bucket/dogs         the final model with the best trial's values
-    imgclf deploy --training-job imgclf-2024-... [--serverless-memory 4096 | --multi-model s3://...]
+    imgclf deploy --training-job imgclf-2024-... [--serverless-memory 4096 | --async s3://... | --multi-model s3://...]
     imgclf invoke ENDPOINT dog.jpg --top-k 3
     imgclf delete ENDPOINT
     imgclf transform --model-data s3://.../model.tar.gz --data s3://bucket/images --output-path s3://...
+                     [--max-payload-mb 20]
 
 Every command takes --local: SageMaker local mode with Docker Compose, file:// data and output,
 no AWS account. The image comes from --image-uri or $IMGCLF_IMAGE_URI.

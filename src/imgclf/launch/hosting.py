@@ -1,14 +1,17 @@
 """Hosting: deploy a trained model on the image, invoke it with image files, delete it, batch transform.
 
-One artifact can be served three ways: a real-time endpoint (instance type and count), a
-serverless endpoint (memory and concurrency, no instance to manage), or a multi-model endpoint
-that loads any model.tar.gz under an S3 prefix on first use (`X-Amzn-SageMaker-Target-Model`).
+One artifact can be served four ways: a real-time endpoint (instance type and count), a
+serverless endpoint (memory and concurrency, no instance to manage), an asynchronous endpoint
+(requests and answers in S3, payloads up to 1 GB), or a multi-model endpoint that loads any
+model.tar.gz under an S3 prefix on first use (`X-Amzn-SageMaker-Target-Model`). Each endpoint tells
+the container its serving profile (serve/profiles.py), which sets its payload limit and timeout.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from sagemaker.async_inference import AsyncInferenceConfig
 from sagemaker.deserializers import JSONDeserializer
 from sagemaker.model import Model
 from sagemaker.multidatamodel import MultiDataModel
@@ -18,11 +21,13 @@ from sagemaker.serverless import ServerlessInferenceConfig
 from sagemaker.utils import name_from_base
 
 from ..names import UserError
+from ..serve.profiles import PROFILE_ENV, PROFILES
 from .session import Target
 
 BASE_NAME = "imgclf"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 ANY_IMAGE = "application/x-image"  # the server sniffs the format
+MAX_PAYLOAD_MB = 100  # CreateTransformJob's MaxPayloadInMB
 
 
 def content_type(path: Path) -> str:
@@ -35,6 +40,14 @@ def model(target: Target, image_uri: str, model_data: str, name: str | None = No
                  sagemaker_session=target.session)
 
 
+def async_config(output_path: str, max_concurrency: int | None = None) -> AsyncInferenceConfig:
+    """Asynchronous inference: requests read from S3, answers written under `output_path`."""
+    if not output_path.startswith("s3://"):
+        raise UserError(f"asynchronous endpoints write their answers to S3: {output_path!r} is not an s3:// path")
+    return AsyncInferenceConfig(output_path=output_path.rstrip("/"), failure_path=output_path.rstrip("/") + "/failures",
+                                max_concurrent_invocations_per_instance=max_concurrency)
+
+
 def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferenceConfig:
     """Serverless memory comes in 1 GB steps from 1024 to 6144 MB."""
     if memory_mb not in range(1024, 6145, 1024):
@@ -44,20 +57,24 @@ def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferen
 
 def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: str = "ml.m5.large",
            instance_count: int = 1, endpoint_name: str | None = None,
-           serverless: ServerlessInferenceConfig | None = None, env: dict[str, str] | None = None,
-           wait: bool = True) -> Predictor:
-    """A real-time endpoint (or a serverless one with `serverless`) for one model artifact.
+           serverless: ServerlessInferenceConfig | None = None, async_inference: AsyncInferenceConfig | None = None,
+           env: dict[str, str] | None = None, wait: bool = True) -> Predictor:
+    """A real-time endpoint (a serverless one with `serverless`, an asynchronous one with
+    `async_inference`) for one model artifact.
 
     With `wait`, returns once the endpoint is in service (minutes on SageMaker)."""
-    if serverless is not None and target.local:
-        raise UserError("serverless endpoints need SageMaker: leave the serverless option out in local mode")
+    if serverless is not None and async_inference is not None:
+        raise UserError("an endpoint is either serverless or asynchronous, not both")
+    if (serverless or async_inference) is not None and target.local:
+        raise UserError("serverless and asynchronous endpoints need SageMaker: leave those options out in local mode")
     endpoint_name = endpoint_name or name_from_base(BASE_NAME)
-    m = model(target, image_uri, model_data, name=endpoint_name, env=env)
+    profile = "serverless" if serverless is not None else "async" if async_inference is not None else "real-time"
+    m = model(target, image_uri, model_data, name=endpoint_name, env={PROFILE_ENV: profile, **(env or {})})
     if serverless is not None:
         m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless, wait=wait)
     else:
         m.deploy(initial_instance_count=instance_count, instance_type=target.instance_type(instance_type),
-                 endpoint_name=endpoint_name, wait=wait)
+                 endpoint_name=endpoint_name, async_inference_config=async_inference, wait=wait)
     return predictor(target, endpoint_name)
 
 
@@ -102,13 +119,22 @@ def delete(target: Target, endpoint_name: str) -> dict[str, list[str]]:
 
 
 def transform(target: Target, image_uri: str, model_data: str, data: str, output_path: str, *,
-              instance_type: str = "ml.m5.large", instance_count: int = 1, wait: bool = True) -> str:
-    """Batch transform: one request per image under the `data` prefix, one `<image>.out` per answer."""
+              instance_type: str = "ml.m5.large", instance_count: int = 1, max_payload_mb: int | None = None,
+              wait: bool = True) -> str:
+    """Batch transform: one request per image under the `data` prefix, one `<image>.out` per answer.
+    `max_payload_mb` (SageMaker's MaxPayloadInMB, up to 100; default 6) is the largest record;
+    SageMaker passes it to the container, which takes records up to that size."""
+    if max_payload_mb is not None and not 0 <= max_payload_mb <= MAX_PAYLOAD_MB:
+        raise UserError(f"max payload {max_payload_mb} MB: SageMaker takes 0 (no limit) to {MAX_PAYLOAD_MB} MB")
     m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"))
     transformer = m.transformer(instance_count=instance_count, instance_type=target.instance_type(instance_type),
-                                output_path=output_path, accept="application/json", strategy="SingleRecord")
+                                output_path=output_path, accept="application/json", strategy="SingleRecord",
+                                max_payload=max_payload_mb)
+    # the container's own timeout for a record (the batch profile's), not SageMaker's default 600 s
+    client_config = {"InvocationsTimeoutInSeconds": PROFILES["batch"].response_timeout_s}
     # Local mode streams the container's output itself; logs=True would ask CloudWatch for it.
-    transformer.transform(data, content_type=ANY_IMAGE, split_type=None, wait=wait, logs=wait and not target.local)
+    transformer.transform(data, content_type=ANY_IMAGE, split_type=None, wait=wait, logs=wait and not target.local,
+                          model_client_config=client_config)
     return transformer.output_path
 
 

@@ -1,5 +1,6 @@
 """Hosting: the model server behind `docker run IMAGE serve` (SageMaker endpoints and batch transform).
 
+    profiles.py         real-time, serverless, async, batch: each one's payload limit and timeout
     environment.py      SAGEMAKER_* and IMGCLF_* variables, read once
     errors.py           client errors that carry their HTTP status and a JSON reason
     sniffing.py         the content type of a body that names none, from its first bytes
@@ -13,6 +14,7 @@
     front.py            the port SageMaker talks to (aiohttp): /ping from the model's real state,
                         client faults answered, the rest passed to multi-model-server
     registration.py     multi-model POST /models: settings added, the model's folder checked
+    spool.py            bodies too large for memory: from the front to the worker as a file
     privileges.py       started as root: stage the model, then become an unprivileged user
     server.py           `imgclf-serve`: starts both, drains and stops on SIGTERM
 """

@@ -33,7 +33,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import registration
+from . import registration, spool
+from .environment import IN_MEMORY_BYTES
 from .sniffing import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ HEALTHY = ("Healthy", "Partial Healthy")
 PRODUCES = "application/json"
 ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
 ERROR_STATUSES = {s.value for s in HTTPStatus if s >= 400}
+UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_connect=10)  # management calls: loading a model waits on MMS
 DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
 
 
@@ -84,14 +86,17 @@ class Front:
 
     def __init__(self, upstream_port: int, *, multi_model: bool, max_payload_bytes: int,
                  register_defaults: dict[str, int] | None = None, models_dir: Path | None = None,
-                 stage_dir: Path | None = None, upstream_timeout_s: float = 3600, stop_grace_s: float = 15):
+                 stage_dir: Path | None = None, upstream_timeout_s: float = 3600, stop_grace_s: float = 15,
+                 spool_dir: Path | None = None):
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.multi_model = multi_model
         self.max_payload_bytes = max_payload_bytes
         self.register_defaults = register_defaults or {}  # added to POST /models that don't set them
         self.models_dir = models_dir  # multi-model: where models may be loaded from
         self.stage_dir = stage_dir  # ... and where their archives are extracted
-        self.upstream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=upstream_timeout_s)
+        self.upstream_timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=10)
+        self.upstream_timeout_s = upstream_timeout_s
+        self.spool_dir = spool_dir  # bodies over IN_MEMORY_BYTES go to a file here (spool.py); None: kept in memory
         self.stop_grace_s = stop_grace_s
         self.model_ready = threading.Event()  # single model registered with its workers (set by the server)
         self.session: aiohttp.ClientSession | None = None
@@ -137,8 +142,20 @@ class Front:
             if (request.content_length or DISCARD_LIMIT + 1) > DISCARD_LIMIT:
                 resp.force_close()  # else aiohttp reads and drops the rest, and the connection stays open
             return resp
+        spooled = body if isinstance(body, spool.Spooled) else None
+        try:
+            return await self.pass_on(request, spooled.head if spooled else body, spooled)
+        finally:
+            if spooled:
+                spooled.path.unlink(missing_ok=True)
+
+    async def pass_on(self, request: web.BaseRequest, body: bytes, spooled: spool.Spooled | None) -> web.StreamResponse:
+        """Check, route and forward a request whose body was read (`spooled`: to a file)."""
         path = request.path_qs
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | REQUEST_ONLY}
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP | REQUEST_ONLY | {spool.SPOOLED_BODY.lower()}}
+        if spooled:
+            headers[spool.SPOOLED_BODY] = spooled.path.name
         if is_invocation(request):
             refusal = self.check_invocation(request, body, headers)
             if refusal is not None:
@@ -154,21 +171,37 @@ class Front:
                                                      self.register_defaults, self.models_dir, self.stage_dir)
             except registration.RegistrationError as e:
                 return json_error(e.status, str(e))
-        return await self.forward(request.method, path, headers, body,
+        return await self.forward(request.method, path, headers, b"" if spooled else body,
                                   answer_type=PRODUCES if is_invocation(request) else None)
 
-    async def read_body(self, request: web.BaseRequest) -> bytes | None:
-        """The request body, or None when it is over the limit (the rest is left unread)."""
+    async def read_body(self, request: web.BaseRequest) -> bytes | spool.Spooled | None:
+        """The request body, or None when it is over the limit (the rest is left unread); past
+        IN_MEMORY_BYTES an invocation's body goes on into a file as it arrives (spool.py)."""
         limit = self.max_payload_bytes
         if request.content_length is not None and request.content_length > limit:
             return None
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        chunks, size, spooled, complete = [], 0, None, False
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    break
+                if spooled is not None:
+                    await asyncio.to_thread(spooled.file.write, chunk)
+                elif size > IN_MEMORY_BYTES and self.spool_dir and is_invocation(request):
+                    spooled = await asyncio.to_thread(spool.Spooled.start, self.spool_dir, [*chunks, chunk])
+                    chunks = []
+                else:
+                    chunks.append(chunk)
+            complete = size <= limit
+        finally:
+            if spooled is not None:
+                spooled.file.close()
+                if not complete:
+                    spooled.path.unlink(missing_ok=True)
+        if not complete:
+            return None
+        return spooled or b"".join(chunks)
 
     def check_invocation(self, request: web.BaseRequest, body: bytes, headers: dict[str, str]) -> web.Response | None:
         """406 or 415 for what the model cannot answer; a body without a content type gets the one
@@ -204,7 +237,8 @@ class Front:
         Content-Type of a model's answers (the worker sends them without one: mms_entry.py)."""
         try:
             async with self.session.request(method, self.upstream + path, headers=headers,
-                                            data=body if method in ("POST", "PUT") else None) as resp:
+                                            data=body if method in ("POST", "PUT") else None,
+                                            timeout=self.upstream_timeout if answer_type else UNBOUNDED) as resp:
                 payload = await resp.read()
                 if resp.status in ERROR_STATUSES and (reason := model_server_error(payload)):
                     log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
@@ -215,7 +249,8 @@ class Front:
                     payload = payload.rstrip(b" ")  # the worker's padding (mms_entry.py)
                 return web.Response(status=resp.status, reason=resp.reason, headers=out, body=payload)
         except asyncio.TimeoutError:
-            return json_error(HTTPStatus.GATEWAY_TIMEOUT, "model server did not answer in time")
+            return json_error(HTTPStatus.GATEWAY_TIMEOUT, f"the model did not answer within the response timeout "
+                                                          f"of {self.upstream_timeout_s:g} s")
         except aiohttp.ServerDisconnectedError:
             return json_error(HTTPStatus.BAD_GATEWAY, "model server closed the connection (a worker may have died)")
         except aiohttp.ClientError as e:

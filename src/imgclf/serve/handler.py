@@ -28,6 +28,7 @@ from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError
 from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb, worker_device
+from .spool import SPOOLED_BODY, read_body
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class ImageClassifierHandler:
     def preprocess_one(self, job: tuple[bytes, dict]) -> tuple[list[np.ndarray], int] | ServeError:
         body, headers = job
         try:
+            if SPOOLED_BODY.lower() in headers:  # a large body, passed as a file (spool.py)
+                body = read_body(headers[SPOOLED_BODY.lower()])
             decoded = decode(body, headers.get("content-type"), self.transform.decode_min_side)
             top_k = decoded.top_k or top_k_attribute(headers.get(CUSTOM_ATTRIBUTES)) or self.env.top_k
             return [self.transform(img) for img in decoded.images], min(top_k, len(self.classes))

@@ -18,7 +18,8 @@ class probabilities (numpy). Two kinds:
   has it and a probe batch gives the same answers as float32, else float32. It logs its choice
   with the numbers it used.
 - `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
-  start-up on the bundled sample photos (slower start, agreement unchecked: for measurement).
+  start-up on the training images stored in it (calibration/; slower start, agreement unchecked),
+  and one without those either is refused.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from PIL import Image
 from .. import openvino_runtime as openvino
 from ..card import ModelCard, ModelError, load_card
 from ..images import EvalTransform, load_rgb
+from ..names import CALIBRATION_DIR
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +47,6 @@ PROBE_IMAGES = 4
 # autocast and 0.08 in OpenVINO's bf16 mode. On the smooth probe images they move less: refuse
 # bf16 when they move more than this, or when a top-1 that float32 is sure of changes.
 MAX_PROBABILITY_GAP = 0.05
-# int8 calibration at start-up, for an artifact that has no stored int8 IR: the photos of the
-# bundled sample (local_test/, Fashion-MNIST, MIT licence), 8 of each of its 4 classes
-CALIBRATION_PHOTOS = Path(__file__).parent / "calibration"
 
 
 class Runner(Protocol):
@@ -118,10 +117,15 @@ def probe_batch(n: int, transform: EvalTransform) -> np.ndarray:
     return np.stack([transform(img) for img in images])
 
 
-def calibration_photos(transform: EvalTransform) -> np.ndarray:
-    """The bundled sample photos, decoded as requests are and through the artifact's transform."""
+def calibration_photos(model_dir: Path, transform: EvalTransform) -> np.ndarray:
+    """The training images stored in the artifact, decoded as requests are and through its transform."""
+    paths = sorted((model_dir / CALIBRATION_DIR).glob("*.jpg"))
+    if not paths:
+        raise RuntimeError(f"IMGCLF_PRECISION=int8: {model_dir} has neither an int8 model nor calibration images "
+                           f"({CALIBRATION_DIR}/) to make one; retrain with the openvino extra installed "
+                           "(it stores both), or serve with IMGCLF_PRECISION=auto")
     pixels = []
-    for path in sorted(CALIBRATION_PHOTOS.glob("*.jpg")):
+    for path in paths:
         with Image.open(path) as img:
             pixels.append(transform(load_rgb(img, transform.decode_min_side)))
     return np.stack(pixels)
@@ -183,10 +187,9 @@ class RunnerFactory:
 
         fp32 = (openvino.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
                 else export.to_openvino(self.torch(autocast=False).model, self.card.eval.crop_size))
-        photos = calibration_photos(EvalTransform(self.card.eval))
-        log.warning("the artifact has no int8 model: quantizing at start-up on the %d bundled sample photos; its "
-                    "agreement with float32 is unchecked (train with the openvino extra installed to calibrate on "
-                    "training images)", len(photos))
+        photos = calibration_photos(self.model_dir, EvalTransform(self.card.eval))
+        log.warning("the artifact has no int8 model: quantizing at start-up on its %d calibration images; its "
+                    "agreement with float32 is unchecked", len(photos))
         int8 = export.quantize(fp32, [photos[i:i + 8] for i in range(0, len(photos), 8)])
         return OpenVinoRunner(openvino.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
 

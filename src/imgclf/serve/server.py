@@ -36,23 +36,36 @@ from sagemaker_inference import parameters as sm
 
 from ..archive import UnsafeArchive, packed_model
 from . import environment as E
-from .environment import ServingEnvironment
+from .environment import IN_MEMORY_BYTES, MiB, SETTINGS, ServingEnvironment
 from .front import MODEL_NAME, Front
 from .runtime import unservable_reason
+from .spool import SPOOL_DIR_ENV
 from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
 
 log = logging.getLogger("imgclf.serve")
 
 HANDLER_SERVICE = "imgclf.serve.mms_entry:handle"  # handler_service.HandlerService, its answers padded (mms_entry.py)
 MMS_LOG_CONFIG = Path(sagemaker_inference.__file__).parent / "etc" / "log4j2.xml"
-# A fixed heap, touched at start: the JVM's memory is bounded and flat while it serves (a default
-# heap grows for minutes under load, up to a quarter of the host's memory, which a soak cannot
-# tell from a leak). SAGEMAKER_MODEL_SERVER_VMARGS with its own -Xmx replaces it.
-JVM_HEAP = "-Xms512m -Xmx512m -XX:+AlwaysPreTouch"
 # SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then the
 # model server STOP_GRACE_S to exit, then it is killed.
 DRAIN_S = 15
 STOP_GRACE_S = 8
+
+
+def mms_worker_timeout_s(env: ServingEnvironment) -> int:
+    """MMS's wait for a worker's reply, past which it restarts the worker: at least the start-up timeout
+    (the wait covers loading the model) and past the front's, so a slow request gets the front's 504
+    while its worker carries on. In seconds: MMS 1.1.11 reads `default_response_timeout` and a
+    registration's `response_timeout` query parameter as minutes (aws/sagemaker-inference-toolkit#99)."""
+    return max(env.response_timeout_s + 30, env.startup_timeout_s)
+
+
+def jvm_options(env: ServingEnvironment) -> str:
+    """A fixed heap (environment.py says why), unless SAGEMAKER_MODEL_SERVER_VMARGS sets its own -Xmx."""
+    if "-Xmx" in env.vmargs:
+        return env.vmargs
+    heap = env.jvm_heap_bytes // MiB
+    return f"{env.vmargs} -Xms{heap}m -Xmx{heap}m -XX:+AlwaysPreTouch"
 
 
 def mms_config(env: ServingEnvironment, port: int) -> str:
@@ -64,14 +77,13 @@ def mms_config(env: ServingEnvironment, port: int) -> str:
         "load_models": "",
         "default_service_handler": HANDLER_SERVICE,
         "default_workers_per_model": env.workers,
-        "default_response_timeout": env.response_timeout_s,
-        "default_response_timeout_seconds": env.response_timeout_s,
+        "default_response_timeout_seconds": mms_worker_timeout_s(env),
         "decode_input_request": "false",
-        # the front refuses bodies over the limit with a JSON reason; leave MMS room for headers
-        "max_request_size": env.max_payload_bytes + 1024 * 1024,
+        # the front refuses bodies over the limit (JSON reason), spools large ones; room for headers
+        "max_request_size": min(env.max_payload_bytes, IN_MEMORY_BYTES) + MiB,
         "max_response_size": 64 * 1024 * 1024,
         "job_queue_size": 1000,
-        "vmargs": env.vmargs if "-Xmx" in env.vmargs else f"{env.vmargs} {JVM_HEAP}",
+        "vmargs": jvm_options(env),
         "enable_envvars_config": "false",
     }
     return "".join(f"{key}={value}\n" for key, value in props.items())
@@ -83,13 +95,11 @@ def register_defaults(env: ServingEnvironment) -> dict[str, int]:
         "batch_size": env.batch_size,
         "max_batch_delay": env.max_batch_delay_ms,
         "initial_workers": env.workers,
-        "response_timeout": env.response_timeout_s,
     }
 
 
 def free_port() -> int:
-    """A free loopback port below 32767, the highest that multi-model-server accepts (the kernel's
-    own choice for port 0 lies above it)."""
+    """A free loopback port below 32767, the highest that MMS accepts (the kernel's picks lie above)."""
     for port in random.sample(range(20000, 32767), 200):
         with socket.socket() as s:
             try:
@@ -126,6 +136,7 @@ class ModelServer:
             "TEMP": str(run_dir),
             "LOG_LOCATION": str(run_dir / "logs"),
             "METRICS_LOCATION": str(run_dir / "logs"),
+            SPOOL_DIR_ENV: str(run_dir / "spool"),
             # one torch thread layout for every library the workers load
             "OMP_NUM_THREADS": str(env.torch_threads),
             # idle OpenMP threads sleep instead of spinning: spinning threads that lose their core
@@ -209,13 +220,14 @@ async def serve(env: ServingEnvironment, host: str, model_dir: Path, run_dir: Pa
     front = Front(mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
                   register_defaults=register_defaults(env) if env.multi_model else None,
                   models_dir=env.models_dir if env.multi_model else None, stage_dir=run_dir / "models",
-                  upstream_timeout_s=2 * env.response_timeout_s + 30, stop_grace_s=DRAIN_S)
+                  upstream_timeout_s=env.response_timeout_s, stop_grace_s=DRAIN_S, spool_dir=run_dir / "spool")
     await front.start(host, env.port)
     server = ModelServer(env, run_dir, mms_port)
     failed = threading.Event()
     threading.Thread(target=start_up, args=(server, front, env, model_dir, failed), name="start-up",
                      daemon=True).start()
-    log.info("serving %s on %s:%d", env.models_dir if env.multi_model else model_dir, host, env.port)
+    log.info("serving %s on %s:%d; %s", env.models_dir if env.multi_model else model_dir, host, env.port,
+             env.describe())
     while not (stop.is_set() or failed.is_set() or server.process.poll() is not None):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
@@ -252,30 +264,19 @@ def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-FLAG_VARIABLES = {  # flag -> the variable it sets, so the model workers see it too
-    "model_dir": E.MODEL_DIR_ENV,
-    "port": sm.BIND_TO_PORT_ENV,
-    "workers": sm.MODEL_SERVER_WORKERS_ENV,
-    "torch_threads": E.TORCH_THREADS_ENV,
-    "batch_size": E.BATCH_SIZE_ENV,
-    "max_batch_delay_ms": E.MAX_BATCH_DELAY_ENV,
-    "top_k": E.TOP_K_ENV,
-    "precision": E.PRECISION_ENV,
-}
+SERVER_FLAGS = ("port", "profile", "workers", "torch_threads", "batch_size", "max_batch_delay_ms", "top_k",
+                "precision", "max_payload_mb", "response_timeout_s")  # each sets its variable, which the workers see
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", help=f"model artifact (default ${E.MODEL_DIR_ENV} or /opt/ml/model)")
-    p.add_argument("--port", type=int, help=f"public port (default ${sm.BIND_TO_PORT_ENV} or 8080)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--multi-model", action="store_true", help=f"multi-model endpoint (default ${sm.MULTI_MODEL_ENV})")
-    p.add_argument("--workers", type=int, help="model worker processes (default: CPUs / torch threads)")
-    p.add_argument("--torch-threads", type=int, help="torch threads per worker (default: up to 4, CPUs / workers)")
-    p.add_argument("--batch-size", type=int, help="most requests batched together (default 8)")
-    p.add_argument("--max-batch-delay-ms", type=int, help="longest wait for a batch to fill (default 5)")
-    p.add_argument("--top-k", type=int, help="labels per image unless the request asks (default 5)")
-    p.add_argument("--precision", choices=E.PRECISIONS, help="auto: bfloat16 where supported and it agrees with float32")
+    for name in SERVER_FLAGS:
+        setting = SETTINGS[name]
+        p.add_argument(f"--{name.replace('_', '-')}", type=setting.kind, choices=setting.choices or None,
+                       help=setting.describe())
     p.add_argument("--user", help=f"started as root, serve as this user (default ${SERVE_USER_ENV} or {DEFAULT_USER}; "
                                   "root keeps root)")
     return p
@@ -284,9 +285,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     args = get_args_parser().parse_args(argv)
-    for flag, var in FLAG_VARIABLES.items():
-        if getattr(args, flag) is not None:
-            os.environ[var] = str(getattr(args, flag))
+    if args.model_dir:
+        os.environ[E.MODEL_DIR_ENV] = args.model_dir
+    os.environ.update({SETTINGS[n].var: str(v) for n in SERVER_FLAGS if (v := getattr(args, n)) is not None})
     if args.multi_model:
         os.environ[sm.MULTI_MODEL_ENV] = "true"
     try:

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from ...names import UserError
-from .. import options
+from .. import hosting_flags, options
 
 
 def add_parser(sub, parents: options.Parents) -> None:
@@ -16,6 +16,7 @@ def add_parser(sub, parents: options.Parents) -> None:
     p.add_argument("--serverless-memory", type=int, metavar="MB", help="serverless endpoint with this memory")
     p.add_argument("--serverless-concurrency", type=int, default=5)
     p.add_argument("--multi-model", metavar="S3_PREFIX", help="multi-model endpoint over the model.tar.gz here")
+    hosting_flags.add_deploy_flags(p)
     p.set_defaults(func=run_deploy)
 
     p = sub.add_parser("invoke", parents=[parents.where], help="send image files to an endpoint, print top-k")
@@ -33,6 +34,7 @@ def add_parser(sub, parents: options.Parents) -> None:
     p.add_argument("--data", required=True, help="S3 prefix of images (a folder with --local)")
     p.add_argument("--output-path", help="where <image>.out answers go")
     p.add_argument("--no-wait", action="store_true")
+    hosting_flags.add_transform_flags(p)
     p.set_defaults(func=run_transform)
 
 
@@ -49,7 +51,7 @@ def run_deploy(args) -> None:
                       if args.serverless_memory else None)
         pred = hosting.deploy(target, image_uri, options.model_data(args, target), instance_type=args.instance_type,
                               instance_count=args.instance_count, endpoint_name=args.endpoint_name,
-                              serverless=serverless)
+                              serverless=serverless, **hosting_flags.deploy_options(args))
     print(f"endpoint: {pred.endpoint_name}", flush=True)
     if target.local:
         _serve_until_stopped(args, target, pred.endpoint_name)
@@ -96,5 +98,5 @@ def run_transform(args) -> None:
     data = datasets.local_uri(args.data) if target.local else args.data
     out = hosting.transform(target, options.image_uri(args), options.model_data(args, target), data, output,
                             instance_type=args.instance_type, instance_count=args.instance_count,
-                            wait=not args.no_wait)
+                            wait=not args.no_wait, **hosting_flags.transform_options(args))
     print(f"transform output: {out}")
