@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .contract import UserError, decode_value, hyperparameters_to_argv
 from .hpo import BEST_KNOWN
+from . import recipe
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
 
@@ -63,12 +64,12 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("arch", str, "resnet50", "network", choices=ARCHS),
     Hyperparameter("pretrained", bool, True, "start from ImageNet weights (pretrained channel, baked-in file, "
                    "package, or torchvision's download); false trains from random initialisation"),
-    Hyperparameter("freeze", bool, True, "train the new head only; false fine-tunes all"),
+    Hyperparameter("freeze", bool, None, "train the new head only; false fine-tunes all (default: the recipe's)"),
     Hyperparameter("epochs", int, 15, low=1),
     Hyperparameter("batch-size", int, BEST_KNOWN["batch-size"], "per process", low=1),
     Hyperparameter("lr", float, BEST_KNOWN["lr"], low=0, open="low"),
     Hyperparameter("momentum", float, BEST_KNOWN["momentum"], low=0, high=1),
-    Hyperparameter("weight-decay", float, 0.0, low=0),
+    Hyperparameter("weight-decay", float, None, "(default: the recipe's)", low=0),
     Hyperparameter("image-size", int, 224, "crop size fed to the network", low=16),
     Hyperparameter("num-workers", int, None, "DataLoader workers (default: CPUs per process)", low=0),
     Hyperparameter("seed", int, 0),
@@ -77,7 +78,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("early-stopping-patience", int, 0, "stop after this many epochs without a lower valid_loss (0: off)",
                    low=0),
     Hyperparameter("log-interval", int, 50, "steps between progress lines (0: off)", low=0),
-    Hyperparameter("amp", bool, True, "mixed precision and channels_last on CUDA"),
+    Hyperparameter("amp", bool, True, "mixed precision and channels_last: AMP on CUDA, bf16 autocast on CPUs with "
+                   "AVX-512 BF16 or AMX when a timed probe finds it faster"),
     Hyperparameter("augment", bool, True, "random crops and flips of training images; false feeds them as "
                    "evaluation does"),
     Hyperparameter("features", bool, False, "frozen backbone: compute each image's backbone features once "
@@ -86,6 +88,27 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "the model dir, for a features channel of later jobs"),
     Hyperparameter("serving-formats", bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
                    "calibrated on training images and checked on the validation set (tuning trials skip them)"),
+    # training recipe (recipe.py): `recipe` gives each ingredient below its default; a value set here wins
+    Hyperparameter("recipe", str, recipe.DEFAULT_RECIPE, "linear: frozen backbone, new head; finetune: the whole "
+                   "network with the ingredients below; lp-ft: a linear probe on cached features, then finetune",
+                   choices=tuple(recipe.RECIPES)),
+    Hyperparameter("label-smoothing", float, None, "cross-entropy label smoothing (0: off)", low=0, high=1,
+                   open="high"),
+    Hyperparameter("ema-decay", float, None, "per-step decay of an EMA of the weights, evaluated each epoch and "
+                   "kept when better on validation (0: off)", low=0, high=1, open="high"),
+    Hyperparameter("warmup-epochs", float, None, "linear lr warmup from lr/100 (0: off)", low=0),
+    Hyperparameter("lr-schedule", str, None, "after warmup, per step", choices=recipe.LR_SCHEDULES),
+    Hyperparameter("backbone-lr-ratio", float, None, "backbone lr / head lr (1: the same)", low=0, high=1,
+                   open="low"),
+    Hyperparameter("norm-weight-decay", bool, None, "weight decay on norm layers and biases too"),
+    Hyperparameter("auto-augment", str, None, "augmentation policy after crop and flip",
+                   choices=recipe.AUTO_AUGMENTS),
+    Hyperparameter("random-erase", float, None, "probability of erasing a random rectangle (0: off)", low=0,
+                   high=1),
+    Hyperparameter("eval-crop-ratio", float, None, "evaluation/serving centre crop / resized short side "
+                   "(0.875: 224 of 256; 0.9655: 224 of 232)", low=0, high=1, open="low"),
+    Hyperparameter("lp-steps", int, None, "L-BFGS steps of the linear probe on cached backbone features before "
+                   "training (0: off)", low=0),
     # debugger and profiler (imgclf.debug)
     Hyperparameter("profiler", bool, True, "system metrics, step timings, profiler rules and the HTML report in "
                    "the output data"),
@@ -138,7 +161,7 @@ def parse(hyperparameters: Mapping[str, str], argv: list[str] | None = None,
         value = getattr(args, hp.dest, None)
         if isinstance(value, float) and not math.isfinite(value) or not hp.in_range(value):
             raise UserError(f"bad hyperparameter: {hp.name}={value} is out of range {hp.range_text()}".rstrip())
-    return args
+    return recipe.resolve(args)
 
 
 def typed(raw: Mapping[str, object]) -> dict:

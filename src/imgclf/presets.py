@@ -13,6 +13,8 @@ from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from .recipe import AUTO_AUGMENTS, CLASSIC_CROP_RATIO
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,9 +30,10 @@ class EvalSettings:
     interpolation: str = "bilinear"
 
     @classmethod
-    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalSettings:
-        # torchvision's recipe: resize the short side to crop/0.875, then centre-crop
-        return cls(crop_size=image_size, resize_size=round(image_size / 0.875), mean=tuple(mean), std=tuple(std))
+    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       crop_ratio: float = CLASSIC_CROP_RATIO) -> EvalSettings:
+        # torchvision's recipes: resize the short side to crop/ratio, then centre-crop
+        return cls(crop_size=image_size, resize_size=round(image_size / crop_ratio), mean=tuple(mean), std=tuple(std))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,7 +96,21 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def auto_augment_op(name: str, interpolation: InterpolationMode):
+    """The automatic augmentation policy called `name` (one of AUTO_AUGMENTS), None for "none"."""
+    if name not in AUTO_AUGMENTS:
+        raise ValueError(f"unknown auto-augment {name!r}; choose one of {', '.join(AUTO_AUGMENTS)}")
+    if name == "trivialaugment":
+        return T.TrivialAugmentWide(interpolation=interpolation)
+    if name == "randaugment":
+        return T.RandAugment(interpolation=interpolation)
+    return None
+
+
 class ClassificationPresetTrain:
+    """Random resized crop and flip; optionally an automatic augmentation policy on the PIL image
+    and random erasing of a rectangle of the normalised tensor (torchvision's 2021 recipe)."""
+
     def __init__(
         self,
         *,
@@ -102,11 +119,19 @@ class ClassificationPresetTrain:
         std=IMAGENET_STD,
         interpolation: str = "bilinear",
         hflip_prob: float = 0.5,
+        auto_augment: str = "none",
+        random_erase: float = 0.0,
     ):
-        ops = [T.RandomResizedCrop(crop_size, interpolation=InterpolationMode(interpolation), antialias=True)]
+        mode = InterpolationMode(interpolation)
+        ops = [T.RandomResizedCrop(crop_size, interpolation=mode, antialias=True)]
         if hflip_prob > 0:
             ops.append(T.RandomHorizontalFlip(hflip_prob))
+        policy = auto_augment_op(auto_augment, mode)
+        if policy is not None:
+            ops.append(policy)
         ops += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean=mean, std=std)]
+        if random_erase > 0:
+            ops.append(T.RandomErasing(p=random_erase, value=0))  # 0: the mean colour after normalising
         self.transforms = T.Compose(ops)
         # random crops zoom in, so keep twice the crop's resolution when decoding at reduced size
         self.decode_min_side = 2 * crop_size

@@ -9,7 +9,6 @@ from the last checkpoint when restarted. Outside a container:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import debug, distributed, export, features, hyperparameters
+from . import debug, distributed, ema, export, features, hyperparameters, linear_probe, optim, precision
 from . import model as models
 from .callbacks import Callback, Callbacks, StepRecord, TrainingJob
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
@@ -89,10 +88,7 @@ class StopRequest:
 
 
 def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    return precision.autocast(device, enabled)
 
 
 class Tally:
@@ -127,7 +123,7 @@ def batches(loader, device, args, tally: Tally):
 
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop,
-                    callbacks: Callback):
+                    callbacks: Callback, schedule: optim.Schedule | None = None, weights_ema: ema.WeightsEma | None = None):
     """One pass over the training data. Returns (Tally, interrupted by SIGTERM)."""
     models.train_mode(model)
     tally = Tally(device)
@@ -152,8 +148,12 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         backward_s = lap()
+        if schedule is not None:
+            schedule.set_step((epoch - 1) * len(loader) + step - 1)
         scaler.step(optimizer)
         scaler.update()
+        if weights_ema is not None:
+            weights_ema.update(_unwrap(model))
         optimizer_s = lap()
         tally.add(loss, output, targets)
         callbacks.on_step_end(StepRecord(epoch, step, len(targets), loss.detach(), data_s, forward_s, backward_s,
@@ -181,7 +181,7 @@ def evaluate(model, criterion, loader, device, args, topology) -> tuple[float, f
 
 
 def _memory_format(device, args):
-    return torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+    return precision.memory_format(args.amp)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -229,7 +229,7 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
         models.load_backbone(model, weights)
     if args.freeze:
         models.freeze_backbone(model)
-    return model.to(device, memory_format=_memory_format(device, args))
+    return model.to(device)
 
 
 def main(args: argparse.Namespace, env: TrainingEnvironment, local_rank: int = 0,
@@ -250,10 +250,11 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     num_workers = args.num_workers if args.num_workers is not None else default_workers(topology)
 
     mean, std = models.normalisation(args.arch)
-    eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std)
+    eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std, crop_ratio=args.eval_crop_ratio)
     eval_tf = ClassificationPresetEval.from_settings(eval_settings)
     use_features = args.features or args.extract_features
-    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std)
+    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std, auto_augment=args.auto_augment,
+                                          random_erase=args.random_erase)
                 if args.augment and not use_features else eval_tf)
     channel_features = None
     if use_features:
@@ -267,6 +268,12 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     card = models.ModelCard(arch=args.arch, classes=tuple(classes), eval=eval_settings)
 
     model = build_model(args, classes, env, device)
+    args = argparse.Namespace(**{**vars(args), "amp": precision.choose(
+        model, device, requested=args.amp, image_size=args.image_size, batch_size=args.batch_size)})
+    if args.lp_steps and args.pretrained and not use_features and not state_exists(env) and not topology.distributed:
+        probe_train, probe_valid = build_datasets(env, args, eval_tf, eval_tf)[1:3]  # the test set is never used
+        linear_probe.run(args, env, model, card, (probe_train, probe_valid, None), num_workers, device,
+                         lambda: autocast(device, args.amp))
     net = model  # what the loop runs: the network, or only its head on cached backbone features
     images = train_ds, valid_ds  # the serving formats calibrate and check on images, not features
     if use_features:
@@ -281,10 +288,9 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     if topology.is_main:
         log.info("%d classes, %d training and %d validation images%s%s", len(classes), len(train_ds), len(valid_ds),
                  f", {len(test_ds)} test images" if test_ds else "", " (cached features)" if use_features else "")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
-    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.build_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
     state = TrainState(**(load_checkpoint(checkpoint, model, optimizer, scaler, card) or {}))
@@ -308,6 +314,10 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         return make_loader(ds, batch_size=args.batch_size, num_workers=num_workers, sampler=sampler, pin_memory=pin)
 
     valid_loader = eval_loader(valid_ds)
+    schedule = optim.Schedule(optimizer, epochs=args.epochs, steps_per_epoch=len(train_loader),
+                              warmup_epochs=args.warmup_epochs, schedule=args.lr_schedule)
+    weights_ema = ema.WeightsEma(_unwrap(net), args.ema_decay) if args.ema_decay else None
+    best = ema.BestWeights()
 
     def evaluate_split(split: str, loader) -> tuple[float, float, int]:
         callbacks.on_evaluate_begin(split)
@@ -325,7 +335,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(
-            net, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks)
+            net, criterion, optimizer, scaler, train_loader, device, epoch, args, topology, stop, callbacks,
+            schedule, weights_ema)
         if interrupted:
             if topology.is_main:
                 save_checkpoint(checkpoint, _unwrap(model), optimizer, scaler, state, card)
@@ -336,10 +347,16 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
             raise UserError("no readable training images")
         elapsed = time.perf_counter() - start
         valid_loss, valid_acc, valid_skipped = evaluate_split("valid", valid_loader)
+        extra = {}
+        if weights_ema is not None:
+            ema_loss, ema_acc, _ = evaluate(weights_ema.module, criterion, valid_loader, device, args, topology)
+            best.offer(_unwrap(net), valid_acc, valid_loss, f"epoch {epoch}")
+            best.offer(weights_ema.module, ema_acc, ema_loss, f"epoch {epoch} EMA")
+            extra = dict(ema_valid_loss=ema_loss, ema_valid_acc=ema_acc)
 
         state.end_epoch(valid_loss)
         metrics = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, valid_loss=valid_loss,
-                       valid_acc=valid_acc, lr=optimizer.param_groups[0]["lr"], images_per_sec=seen / elapsed)
+                       valid_acc=valid_acc, **extra, lr=optimizer.param_groups[0]["lr"], images_per_sec=seen / elapsed)
         state.history.append(metrics)
         if topology.is_main:
             log.info(format_metrics(**metrics))
@@ -353,6 +370,10 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
                 log.info("early stopping: valid_loss has not improved for %d epochs", args.early_stopping_patience)
             break
 
+    if best.state is not None:
+        best.restore(_unwrap(net))
+        if topology.is_main:
+            log.info("keeping the weights of %s (best valid_acc %.4f)", best.label, best.score[0])
     if test_ds is not None:
         test_loss, test_acc, test_skipped = evaluate_split("test", eval_loader(test_ds))
         if topology.is_main:
@@ -370,6 +391,11 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         log.info("model artifact written to %s", env.model_dir)
     callbacks.on_train_end(state.history)
     return 0
+
+
+def state_exists(env: TrainingEnvironment) -> bool:
+    """A checkpoint to resume from: its head was probed already."""
+    return (env.checkpoint_dir / CHECKPOINT_FILE).is_file()
 
 
 def default_workers(topology: distributed.Topology) -> int:
