@@ -61,3 +61,57 @@ def test_the_tuner_searches_the_recipes_space():
     assert search_space({"recipe": "finetune"}) is SEARCH_SPACES["finetune"]
     assert search_space({}) is SEARCH_SPACES[DEFAULT_RECIPE]
     assert search_space({"recipe": "finetune"})["lr"] == SEARCH_SPACES["linear"]["lr"]  # the head's lr range
+
+
+# ---------------------------------------------------------------------------------------------
+# each recipe end to end on tiny images (a random "ImageNet" resnet18 in the pretrained channel)
+
+import json  # noqa: E402
+
+import torch  # noqa: E402
+
+from imgclf import model as models  # noqa: E402
+from imgclf.contract import TrainingEnvironment  # noqa: E402
+from imgclf.train import run  # noqa: E402
+
+TINY = {"arch": "resnet18", "image-size": "32", "batch-size": "8", "epochs": "2", "num-workers": "0",
+        "log-interval": "0", "serving-formats": "false", "profiler": "false", "rules": "false", "amp": "false"}
+
+
+def recipe_job(tmp_path, data, **hyperparameters):
+    backbone = models.create_model("resnet18", 1000)
+    (tmp_path / "pretrained").mkdir(exist_ok=True)
+    torch.save(backbone.state_dict(), tmp_path / "pretrained" / "resnet18.pth")
+    env = TrainingEnvironment(
+        model_dir=tmp_path / "model", output_data_dir=tmp_path / "out" / "data", output_dir=tmp_path / "out",
+        checkpoint_dir=tmp_path / "checkpoints", hyperparameters={**TINY, **hyperparameters},
+        channels={"training": data / "train", "validation": data / "valid", "test": data / "test",
+                  "pretrained": tmp_path / "pretrained"})
+    return env, backbone
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_each_recipe_trains_and_stores_its_eval_transform(tmp_path, image_folders, caplog, recipe):
+    env, backbone = recipe_job(tmp_path, image_folders, recipe=recipe)
+    caplog.set_level("INFO")
+    assert run(env) == 0
+    history = json.loads((env.output_data_dir / "metrics.json").read_text())
+    net, card = models.load_artifact(env.model_dir)
+    frozen = torch.equal(net.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)
+    assert frozen == (recipe == "linear")
+    assert card.eval.resize_size == round(32 / RECIPES[recipe]["eval_crop_ratio"])
+    assert ("ema_valid_acc" in history[0]) == (recipe != "linear")
+    assert ("linear probe:" in caplog.text) == (recipe == "lp-ft")
+    assert ("keeping the weights of epoch" in caplog.text) == (recipe != "linear")
+    assert 0 <= history[-1]["test_acc"] <= 1
+
+
+def test_lp_ft_probe_fits_the_head_before_fine_tuning(tmp_path, image_folders, caplog):
+    env, _ = recipe_job(tmp_path, image_folders, recipe="lp-ft", epochs="1", **{"lp-steps": "50"})
+    caplog.set_level("INFO")
+    assert run(env) == 0
+    probe = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("linear probe:"))
+    assert "50 L-BFGS steps on 36 cached features" in probe  # 3 classes x 12 training images
+    assert (env.checkpoint_dir / "features" / "manifest.json").is_file()
+    manifest = json.loads((env.checkpoint_dir / "features" / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "valid"}  # the test set is never used for choices
