@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profiling overhead: training throughput with and without the job's profiler and rules.
 
-Both sides run the product's training step (`imgclf.train.train_one_epoch`) on the same model and
+Both sides run the product's training step (`imgclf.engine.train_one_epoch`) on the same model and
 the same in-memory batches (no data loading, so the step is as short as it gets and the overhead
 as large as it gets); one side passes the callback the job installs by default (`imgclf.debug`:
 system metrics every 500 ms on a thread, step timings and losses, gradient and activation
@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from imgclf import distributed
+from imgclf import distributed, precision
 from imgclf import model as models
 from imgclf.callbacks import Callbacks, TrainingJob
 from imgclf.debug.monitor import Monitor, MonitorSettings
-from imgclf.train import StopRequest, str2bool, train_one_epoch
+from imgclf.engine import StopRequest, train_one_epoch
+from imgclf.hyperparameters import str2bool
 
 
 class Limited:
@@ -61,7 +62,7 @@ def main() -> None:
     model = models.create_model(args.arch, 10)
     if args.freeze:
         models.freeze_backbone(model)
-    memory_format = torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+    memory_format = precision.memory_format(args.amp)
     model = model.to(device, memory_format=memory_format)
     batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size), torch.randint(10, (args.batch_size,)),
              0)

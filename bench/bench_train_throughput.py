@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: the product's training step fed from JPEG files vs from tensors in memory.
 
-Both runs use the same network, optimizer and step function (`imgclf.train.train_one_epoch`);
+Both runs use the same network, optimizer and step function (`imgclf.engine.train_one_epoch`);
 only the input differs:
   * memory: pre-made batches of random tensors, no decoding (the upper bound);
   * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
@@ -13,7 +13,7 @@ pipeline keeps (target >= 0.9). On CUDA it runs mixed precision with channels_la
 prints the ratio to NVIDIA's published ResNet50 AMP training figure (2,470 images/s on one A100).
 
     .venv/bin/python bench/bench_train_throughput.py                  # CPU: frozen ResNet50, batch 16
-    .venv/bin/python bench/bench_train_throughput.py --compare-precision --freeze false   # fp32 vs bf16 autocast
+    .venv/bin/python bench/bench_train_throughput.py --compare-precision --freeze false  # fp32 vs bf16
     python bench/bench_train_throughput.py --batch-size 256 --freeze false --steps 30   # a GPU
 """
 from __future__ import annotations
@@ -38,7 +38,8 @@ from imgclf.callbacks import Callbacks
 from imgclf.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.hyperparameters import str2bool
 from imgclf.presets import ClassificationPresetTrain
-from imgclf.train import StopRequest, default_workers, train_one_epoch
+from imgclf.builders import default_workers
+from imgclf.engine import StopRequest, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
 

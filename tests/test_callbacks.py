@@ -1,8 +1,13 @@
-"""The training loop's observer interface: call order, step records, and a callback that stops the job."""
+"""The training loop's observer interface: call order, step records, a callback that stops the job, and
+the abort event of a job ended by an exception or SIGTERM."""
+import os
+import signal
+
 import pytest
 from test_train import job_env
 
 from imgclf.callbacks import Callback
+from imgclf.engine import SIGTERM_EXIT
 from imgclf.train import main, parse_hyperparameters
 
 
@@ -33,6 +38,9 @@ class Recorder(Callback):
     def on_train_end(self, history):
         self.calls.append(("train_end", len(history)))
 
+    def on_train_abort(self, reason):
+        self.calls.append(("train_abort", reason))
+
 
 def test_callbacks_see_the_job_in_order(tmp_path, image_folders):
     env = job_env(tmp_path, image_folders)
@@ -58,5 +66,40 @@ def test_a_callback_can_end_the_job(tmp_path, image_folders):
     recorder = Recorder(stop_after_epoch=1)
     with pytest.raises(RuntimeError, match="stop here"):
         main(parse_hyperparameters(env.hyperparameters), env, callbacks=[recorder])
-    assert recorder.calls[-1] == ("epoch_end", 1, True)
+    # the job's failure reason reaches every callback once, as the failure file will give it
+    assert recorder.calls[-2:] == [("epoch_end", 1, True), ("train_abort", "AlgorithmError: RuntimeError: stop here")]
     assert not (env.model_dir / "model.pt").exists()
+
+
+class Stopper(Callback):
+    """Sends the job SIGTERM during its second step, as `docker stop` would."""
+
+    def on_step_end(self, record):
+        if record.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_is_an_abort_with_its_reason(tmp_path, image_folders):
+    env = job_env(tmp_path, image_folders)
+    recorder = Recorder()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(parse_hyperparameters(env.hyperparameters), env, callbacks=[Stopper(), recorder])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == SIGTERM_EXIT
+    assert recorder.calls[-1] == ("train_abort", "stopped by SIGTERM; the checkpoint resumes the job")
+    assert "train_end" not in [c[0] for c in recorder.calls]
+
+
+class Broken(Callback):
+    def on_train_abort(self, reason):
+        raise OSError("disk full")
+
+
+def test_a_failing_abort_callback_does_not_hide_the_reason(tmp_path, image_folders):
+    env = job_env(tmp_path, image_folders)
+    recorder = Recorder(stop_after_epoch=1)
+    with pytest.raises(RuntimeError, match="stop here"):
+        main(parse_hyperparameters(env.hyperparameters), env, callbacks=[Broken(), recorder])
+    assert recorder.calls[-1][0] == "train_abort"

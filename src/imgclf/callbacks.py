@@ -10,15 +10,20 @@ profiler times steps; each is a `Callback`. The loop calls, in order:
     on_evaluate_end(split, metrics)
     on_epoch_end(epoch, metrics)        the epoch's metric line as a dict
     on_train_end(history)               after the artifact is written
+    on_train_abort(reason)              instead, when SIGTERM or an exception ends the job: once,
+                                        before the process exits (the report of a stopped job)
 
 An exception raised by a callback ends the job like any other (a pruned tuning trial does so on
 purpose); a callback that must never stop training catches its own.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Callback:
 
     def on_train_end(self, history: list[dict]) -> None: ...
 
+    def on_train_abort(self, reason: str) -> None: ...
+
 
 class Callbacks(Callback):
     """Several callbacks as one, called in the order given."""
@@ -108,3 +115,11 @@ class Callbacks(Callback):
     def on_train_end(self, history):
         for c in self.callbacks:
             c.on_train_end(history)
+
+    def on_train_abort(self, reason):
+        # the job is ending already: a callback's own failure here must not hide why
+        for c in self.callbacks:
+            try:
+                c.on_train_abort(reason)
+            except Exception:
+                log.exception("%s could not finish after: %s", type(c).__name__, reason)
