@@ -7,9 +7,10 @@ only the input differs:
   * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
             normalise) with the default number of workers.
 With --compare-precision it instead runs the same in-memory batches in float32 and in mixed
-precision (bf16 autocast + channels_last on a CPU with AVX-512 BF16 or AMX, AMP on CUDA), and prints
-images/s for both and their ratio. Otherwise it prints images/s for both inputs and `jpeg / memory`, the share of the step's speed the input
-pipeline keeps (target >= 0.9). On CUDA it runs mixed precision with channels_last and also
+precision (bf16 autocast + channels_last on a CPU with AVX-512 BF16 or AMX, AMP on CUDA), and
+prints images/s for both and their ratio. Otherwise it prints images/s for both inputs and
+`jpeg / memory`, the share of the step's speed the input pipeline keeps (target >= 0.9).
+With `amp` (the default) it runs mixed precision with channels_last; on CUDA it also
 prints the ratio to NVIDIA's published ResNet50 AMP training figure (2,470 images/s on one A100).
 
     .venv/bin/python bench/bench_train_throughput.py                  # CPU: frozen ResNet50, batch 16
