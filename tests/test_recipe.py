@@ -115,3 +115,13 @@ def test_lp_ft_probe_fits_the_head_before_fine_tuning(tmp_path, image_folders, c
     assert (env.checkpoint_dir / "features" / "manifest.json").is_file()
     manifest = json.loads((env.checkpoint_dir / "features" / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train", "valid"}  # the test set is never used for choices
+
+
+def test_a_fine_tuned_network_keeps_its_openvino_copies_in_agreement(tmp_path, image_folders):
+    pytest.importorskip("openvino")
+    env, _ = recipe_job(tmp_path, image_folders, recipe="finetune", epochs="1", **{"serving-formats": "true"})
+    assert run(env) == 0
+    card = models.load_card(env.model_dir)
+    fp32, int8 = card.formats["openvino_fp32"].agreement, card.formats["openvino_int8"].agreement
+    assert fp32.images == 12 and fp32.top1_agreement == 1.0  # the same network in another runtime
+    assert int8.images == 12 and int8.top1_agreement >= 0.75
