@@ -61,6 +61,7 @@ def test_the_tuner_searches_the_recipes_space():
     assert search_space({"recipe": "finetune"}) is SEARCH_SPACES["finetune"]
     assert search_space({}) is SEARCH_SPACES[DEFAULT_RECIPE]
     assert search_space({"recipe": "finetune"})["lr"] == SEARCH_SPACES["linear"]["lr"]  # the head's lr range
+    assert search_space({"recipe": "lp-ft"})["backbone-lr-ratio"].scale == "Logarithmic"
 
 
 # ---------------------------------------------------------------------------------------------
