@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf import distributed
+from imgclf import distributed, precision
 from imgclf import model as models
 from imgclf.callbacks import Callbacks, TrainingJob
 from imgclf.debug.monitor import Monitor, MonitorSettings
@@ -62,7 +62,7 @@ def main() -> None:
     model = models.create_model(args.arch, 10)
     if args.freeze:
         models.freeze_backbone(model)
-    memory_format = torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+    memory_format = precision.memory_format(args.amp)
     model = model.to(device, memory_format=memory_format)
     batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size), torch.randint(10, (args.batch_size,)),
              0)

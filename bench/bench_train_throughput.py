@@ -6,11 +6,15 @@ only the input differs:
   * memory: pre-made batches of random tensors, no decoding (the upper bound);
   * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
             normalise) with the default number of workers.
-It prints images/s for both and `jpeg / memory`, the share of the step's speed the input
-pipeline keeps (target >= 0.9). On CUDA it runs mixed precision with channels_last and also
+With --compare-precision it instead runs the same in-memory batches in float32 and in mixed
+precision (bf16 autocast + channels_last on a CPU with AVX-512 BF16 or AMX, AMP on CUDA), and
+prints images/s for both and their ratio. Otherwise it prints images/s for both inputs and
+`jpeg / memory`, the share of the step's speed the input pipeline keeps (target >= 0.9).
+With `amp` (the default) it runs mixed precision with channels_last; on CUDA it also
 prints the ratio to NVIDIA's published ResNet50 AMP training figure (2,470 images/s on one A100).
 
     .venv/bin/python bench/bench_train_throughput.py                  # CPU: frozen ResNet50, batch 16
+    .venv/bin/python bench/bench_train_throughput.py --compare-precision --freeze false  # fp32 vs bf16
     python bench/bench_train_throughput.py --batch-size 256 --freeze false --steps 30   # a GPU
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from imgclf import distributed
+from imgclf import distributed, precision
 from imgclf import model as models
 from imgclf.callbacks import Callbacks
 from imgclf.data import ImageFolderDataset, find_classes, make_loader
@@ -85,6 +90,23 @@ def measure(model, loader, args, device, warmup: int) -> float:
     return tally.seen / (time.perf_counter() - start)
 
 
+def compare_precision(model, batch, args, device) -> None:
+    """float32 vs mixed precision on the same in-memory batch, alternated round by round."""
+    runs = {False: [], True: []}
+    for r in range(args.rounds):
+        for mixed in (False, True):
+            model.to(memory_format=precision.memory_format(mixed))
+            args.amp = mixed
+            runs[mixed].append(measure(model, itertools.repeat(batch), args, device, args.warmup if r == 0 else 0))
+    fp32, mixed = statistics.median(runs[False]), statistics.median(runs[True])
+    flags = sorted(set(re.findall(r"\b(avx512_bf16|amx_tile|avx2)\b", Path("/proc/cpuinfo").read_text())))
+    print(f"{args.arch} freeze={args.freeze} batch={args.batch_size} image={args.image_size}, "
+          f"{torch.get_num_threads()} threads, CPU flags {','.join(flags)}, {args.rounds} rounds of {args.steps} steps")
+    print(f"float32:            {fp32:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in runs[False])})")
+    print(f"mixed precision:    {mixed:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in runs[True])})")
+    print(f"mixed / float32:    {mixed / fp32:8.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="resnet50", choices=models.ARCHS)
@@ -96,6 +118,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="memory/jpeg runs alternate; medians are compared")
     p.add_argument("--num-workers", type=int, default=None, help="default: the training job's default")
+    p.add_argument("--compare-precision", action="store_true", help="float32 vs mixed precision, same batches")
     p.add_argument("--images", type=Path, help="class folders of JPEGs (default: generated 500x375 photos)")
     args = p.parse_args()
     args.log_interval = 0
@@ -112,11 +135,14 @@ def main() -> None:
         model = models.create_model(args.arch, len(classes))
         if args.freeze:
             models.freeze_backbone(model)
-        memory_format = torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+        memory_format = precision.memory_format(args.amp)
         model = model.to(device, memory_format=memory_format)
 
         batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size),
                  torch.randint(len(classes), (args.batch_size,)), 0)
+        if args.compare_precision:
+            compare_precision(model, batch, args, device)
+            return
         ds = ImageFolderDataset(root, classes, ClassificationPresetTrain(crop_size=args.image_size))
         loader = make_loader(ds, batch_size=args.batch_size, num_workers=workers, shuffle=True, drop_last=True,
                              pin_memory=device.type == "cuda")
@@ -131,7 +157,7 @@ def main() -> None:
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.arch} freeze={args.freeze} batch={args.batch_size} image={args.image_size} on {name}, "
-          f"amp+channels_last={device.type == 'cuda' and args.amp}, workers={workers}, "
+          f"mixed precision+channels_last={args.amp}, workers={workers}, "
           f"{args.rounds} rounds of {args.steps} steps")
     print(f"memory tensors: {memory:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in memory_runs)})")
     print(f"jpeg files:     {jpeg:8.1f} images/s  (runs: {', '.join(f'{v:.1f}' for v in jpeg_runs)})")

@@ -263,7 +263,10 @@ def test_parameter_ranges_follow_the_search_space():
     assert ranges["lr"] == {"Name": "lr", "MinValue": "0.001", "MaxValue": "0.1", "ScalingType": "Logarithmic"}
     assert ranges["momentum"]["ScalingType"] == "Linear"
     assert ranges["batch-size"] == {"Name": "batch-size", "Values": ["32", "64", "128", "256"]}
-    assert set(tuning.parameter_ranges(fixed={"lr": 0.01})) == {"momentum", "batch-size"}
+    assert set(ranges) == set(SEARCH_SPACE)  # the default recipe's space
+    assert set(tuning.parameter_ranges(fixed={"lr": 0.01, "recipe": '"linear"'})) == {"momentum", "batch-size"}
+    assert set(tuning.parameter_ranges(fixed={"lr": 0.01, "recipe": "finetune"})) == {
+        "momentum", "batch-size", "backbone-lr-ratio"}
     with pytest.raises(UserError, match="nothing to tune"):
         tuning.parameter_ranges(fixed=SEARCH_SPACE)
 

@@ -85,3 +85,26 @@ def _jpeg(size) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size).save(buf, "JPEG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment"])
+def test_train_preset_adds_the_augmentation_policy_and_random_erasing(policy):
+    tf = ClassificationPresetTrain(crop_size=24, auto_augment=policy, random_erase=1.0)
+    names = [type(op).__name__ for op in tf.transforms.transforms]
+    assert names[2] == {"trivialaugment": "TrivialAugmentWide", "randaugment": "RandAugment"}[policy]
+    assert names[-1] == "RandomErasing"
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    x = tf(img)
+    assert x.shape == (3, 24, 24) and (x == 0).any()  # a rectangle erased to the normalised mean
+
+
+def test_train_preset_without_ingredients_is_crop_and_flip_only():
+    names = [type(op).__name__ for op in ClassificationPresetTrain(crop_size=24).transforms.transforms]
+    assert names[:2] == ["RandomResizedCrop", "RandomHorizontalFlip"] and "RandomErasing" not in names
+    with pytest.raises(ValueError, match="unknown auto-augment 'autoaugment'"):
+        ClassificationPresetTrain(crop_size=24, auto_augment="autoaugment")
+
+
+def test_eval_crop_ratio_sets_the_resize():
+    assert EvalSettings.for_image_size(224).resize_size == 256  # classic 0.875
+    assert EvalSettings.for_image_size(224, crop_ratio=224 / 232).resize_size == 232

@@ -1,6 +1,7 @@
 """The training job's parts, each built by one function, in the order train.py reads them:
-transforms, data (images or cached backbone features), model, learner (optimizer, loss, scaler),
-distributed wrapping, loaders."""
+transforms, data (images or cached backbone features), model and its precision, the linear probe
+of `lp-ft`, learner (optimizer, loss, scaler, EMA), distributed wrapping, loaders, lr schedule.
+What the recipe (recipe.py) chose arrives as resolved hyperparameters."""
 from __future__ import annotations
 
 import argparse
@@ -8,19 +9,21 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
-from . import distributed, features, shard_dataset
+from . import distributed, features, linear_probe, optim, precision, shard_dataset
 from . import model as models
 from .callbacks import Callbacks
+from .checkpoint import CHECKPOINT_FILE
 from .contract import TrainingEnvironment, UserError
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
-from .engine import autocast, memory_format
+from .ema import BestWeights, WeightsEma
+from .engine import autocast, memory_format, unwrap
 from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
 from .shards import is_shard_folder
 
@@ -69,6 +72,9 @@ class Learner:
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    ema: WeightsEma | None = None  # validated each epoch beside the network; the best of both is kept
+    best: BestWeights = field(default_factory=BestWeights)
+    schedule: optim.Schedule | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -83,9 +89,10 @@ def uses_features(args) -> bool:
 
 def build_transforms(args) -> Transforms:
     mean, std = models.normalisation(args.arch)
-    eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std)
+    eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std, crop_ratio=args.eval_crop_ratio)
     eval_tf = ClassificationPresetEval.from_settings(eval_settings)
-    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std)
+    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std, auto_augment=args.auto_augment,
+                                          random_erase=args.random_erase)
                 if args.augment and not uses_features(args) else eval_tf)
     return Transforms(train_tf, eval_tf, eval_settings)
 
@@ -143,6 +150,30 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
     return model.to(device, memory_format=memory_format(device, args))
 
 
+def choose_precision(job: Job, model: nn.Module) -> None:
+    """Settle `amp` for this machine (precision.choose: a timed probe on CPUs with bfloat16)."""
+    args = job.args
+    use = precision.choose(model, job.device, requested=args.amp, image_size=args.image_size,
+                           batch_size=args.batch_size)
+    job.args = argparse.Namespace(**{**vars(args), "amp": use})
+
+
+def probe_head(job: Job, model: nn.Module, card: models.ModelCard, transforms: Transforms) -> None:
+    """lp-ft's linear probe: fit the head on cached backbone features of the training and validation
+    images (never the test set) before fine-tuning. Skipped where it cannot help or has run."""
+    args, env = job.args, job.env
+    if not args.lp_steps or uses_features(args) or (env.checkpoint_dir / CHECKPOINT_FILE).is_file():
+        return  # no probe asked, the head trains on features anyway, or a resumed job probed already
+    if not args.pretrained or job.topology.distributed:
+        log.info("linear probe skipped: %s", "no pretrained backbone to probe" if not args.pretrained
+                 else "it runs in one process; the fine-tuning starts from the new head")
+        return
+    eval_only = Transforms(transforms.eval, transforms.eval, transforms.eval_settings)
+    images = build_datasets(env, args, eval_only)
+    linear_probe.run(args, env, model, card, (images.train, images.valid, None), job.num_workers, job.device,
+                     lambda: autocast(job.device, args.amp))
+
+
 def feature_splits(job: Job, model: nn.Module, card: models.ModelCard, images: Splits,
                    channel_set: features.FeatureSet | None) -> features.FeatureSet:
     """Each split's backbone features: read from the cache or channel, else computed once."""
@@ -153,11 +184,33 @@ def feature_splits(job: Job, model: nn.Module, card: models.ModelCard, images: S
 
 def build_learner(job: Job, model: nn.Module, trains_head_only: bool) -> Learner:
     args, device = job.args, job.device
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
+    optimizer = optim.build_optimizer(model, args)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
     net = models.head(model) if trains_head_only else model
-    return Learner(model, net, nn.CrossEntropyLoss(), optimizer, scaler)
+    weights_ema = WeightsEma(net, args.ema_decay) if args.ema_decay else None
+    return Learner(model, net, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer, scaler,
+                   weights_ema)
+
+
+def build_schedule(job: Job, learner: Learner, loaders: dict) -> None:
+    """The lr of every step (optim.py): warmup, then constant or cosine over the job's epochs."""
+    args = job.args
+    learner.schedule = optim.Schedule(learner.optimizer, epochs=args.epochs, steps_per_epoch=len(loaders["train"]),
+                                      warmup_epochs=args.warmup_epochs, schedule=args.lr_schedule)
+
+
+def keep_best(learner: Learner, valid: tuple[float, float], ema_valid: tuple[float, float], epoch: int) -> None:
+    """Offer this epoch's network and EMA, each with its validation (loss, accuracy), to `learner.best`."""
+    learner.best.offer(unwrap(learner.net), valid[1], valid[0], f"epoch {epoch}")
+    learner.best.offer(learner.ema.module, ema_valid[1], ema_valid[0], f"epoch {epoch} EMA")
+
+
+def restore_best(job: Job, learner: Learner) -> None:
+    """Put the best weights offered (if any) into the network, for the test pass and the artifact."""
+    if learner.best.state is not None:
+        learner.best.restore(unwrap(learner.net))
+        if job.topology.is_main:
+            log.info("keeping the weights of %s (best valid_acc %.4f)", learner.best.label, learner.best.score[0])
 
 
 def wrap_distributed(job: Job, learner: Learner) -> None:

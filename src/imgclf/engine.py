@@ -5,7 +5,6 @@ measure the product's own step.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import time
@@ -14,10 +13,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, precision
 from . import model as models
+from .ema import WeightsEma
 from .callbacks import Callback, StepRecord
 from .contract import UserError
+from .optim import Schedule
 
 log = logging.getLogger("imgclf.train")
 
@@ -60,14 +61,12 @@ class StopRequest:
 
 
 def autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """Mixed precision when `enabled` (the job's `amp`, after precision.choose): see precision.py."""
+    return precision.autocast(device, enabled)
 
 
 def memory_format(device, args):
-    return torch.channels_last if device.type == "cuda" and args.amp else torch.contiguous_format
+    return precision.memory_format(args.amp)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -122,8 +121,9 @@ class _Laps:
 
 
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop,
-                    callbacks: Callback):
-    """One pass over the training data. Returns (Tally, interrupted by SIGTERM)."""
+                    callbacks: Callback, schedule: Schedule | None = None, weights_ema: WeightsEma | None = None):
+    """One pass over the training data; `schedule` sets the lr before each step, `weights_ema` follows
+    the weights after it. Returns (Tally, interrupted by SIGTERM)."""
     models.train_mode(model)
     tally = Tally(device)
     start = time.perf_counter()
@@ -139,8 +139,12 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         backward_s = lap()
+        if schedule is not None:
+            schedule.set_step((epoch - 1) * len(loader) + step - 1)
         scaler.step(optimizer)
         scaler.update()
+        if weights_ema is not None:
+            weights_ema.update(unwrap(model))
         optimizer_s = lap()
         tally.add(loss, output, targets)
         callbacks.on_step_end(StepRecord(epoch, step, len(targets), loss.detach(), data_s, forward_s, backward_s,

@@ -16,6 +16,7 @@ from pathlib import Path
 from .contract import decode_value, hyperparameters_to_argv
 from .names import (DEBUG_SAVE_INTERVAL, MIN_DEBUG_SAVE_INTERVAL, MIN_PROFILER_INTERVAL_MS, PROFILER_INTERVAL_MS,
                     UserError)
+from . import recipe
 
 # Best trial of the original project's tuning job (imgclf.hpo's search space): the training defaults.
 BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
@@ -67,15 +68,16 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("arch", str, "resnet50", "network", choices=ARCHS),
     Hyperparameter("pretrained", bool, True, "start from ImageNet weights (pretrained channel, baked-in file, "
                    "package, or torchvision's download); false trains from random initialisation"),
-    Hyperparameter("freeze", bool, True, "train the new head only, the frozen backbone as in evaluation (batch-norm "
-                   "statistics, dropout fixed); false fine-tunes all"),
+    Hyperparameter("freeze", bool, None, "train the new head only, the frozen backbone as in evaluation (batch-norm "
+                   "statistics, dropout fixed); false fine-tunes all (default: the recipe's)"),
     Hyperparameter("epochs", int, 15, "passes over the training data", low=1),
     Hyperparameter("batch-size", int, BEST_KNOWN["batch-size"], "per process", low=1),
-    Hyperparameter("lr", float, BEST_KNOWN["lr"], "SGD learning rate (default: the original tuning job's best trial)",
+    Hyperparameter("lr", float, BEST_KNOWN["lr"], "SGD learning rate, of the head where the backbone has its own "
+                   "(default: the original tuning job's best trial)",
                    low=0, open="low"),
     Hyperparameter("momentum", float, BEST_KNOWN["momentum"], "SGD momentum (the same best trial's)", low=0, high=1),
-    Hyperparameter("weight-decay", float, 0.0, "SGD weight decay", low=0),
-    Hyperparameter("image-size", int, 224, "training crop; evaluation resizes to image-size / 0.875 and centre-crops",
+    Hyperparameter("weight-decay", float, None, "SGD weight decay (default: the recipe's)", low=0),
+    Hyperparameter("image-size", int, 224, "training crop; evaluation resizes to image-size / eval-crop-ratio and centre-crops",
                    low=16),
     Hyperparameter("num-workers", int, None, "DataLoader workers (default: CPUs per process)", low=0),
     Hyperparameter("processes-per-host", int, 1, "training processes per CPU instance, started by torchrun "
@@ -86,7 +88,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("early-stopping-patience", int, 0, "stop after this many epochs without a lower valid_loss (0: off)",
                    low=0),
     Hyperparameter("log-interval", int, 50, "steps between progress lines (0: off)", low=0),
-    Hyperparameter("amp", bool, True, "mixed precision and channels_last on CUDA"),
+    Hyperparameter("amp", bool, True, "mixed precision and channels_last: AMP on CUDA, bf16 autocast on CPUs with "
+                   "AVX-512 BF16 or AMX when a timed probe finds it faster"),
     Hyperparameter("augment", bool, True, "random crops and flips of training images; false feeds them as "
                    "evaluation does"),
     Hyperparameter("features", bool, False, "frozen backbone: compute each image's backbone features once "
@@ -97,6 +100,27 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    "resumes from (the local tuner's trials, rerun whole when interrupted, skip it)"),
     Hyperparameter("serving-formats", bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
                    "calibrated on training images and checked on the validation set (tuning trials skip them)"),
+    # training recipe (recipe.py): `recipe` gives each ingredient below its default; a value set here wins
+    Hyperparameter("recipe", str, recipe.DEFAULT_RECIPE, "linear: frozen backbone, new head; finetune: the whole "
+                   "network with the ingredients below; lp-ft: a linear probe on cached features, then finetune",
+                   choices=tuple(recipe.RECIPES)),
+    Hyperparameter("label-smoothing", float, None, "cross-entropy label smoothing (0: off)", low=0, high=1,
+                   open="high"),
+    Hyperparameter("ema-decay", float, None, "per-step decay of an EMA of the weights, evaluated each epoch and "
+                   "kept when better on validation (0: off)", low=0, high=1, open="high"),
+    Hyperparameter("warmup-epochs", float, None, "linear lr warmup from lr/100 (0: off)", low=0),
+    Hyperparameter("lr-schedule", str, None, "after warmup, per step", choices=recipe.LR_SCHEDULES),
+    Hyperparameter("backbone-lr-ratio", float, None, "backbone lr / head lr (1: the same)", low=0, high=1,
+                   open="low"),
+    Hyperparameter("norm-weight-decay", bool, None, "weight decay on norm layers and biases too"),
+    Hyperparameter("auto-augment", str, None, "augmentation policy after crop and flip",
+                   choices=recipe.AUTO_AUGMENTS),
+    Hyperparameter("random-erase", float, None, "probability of erasing a random rectangle (0: off)", low=0,
+                   high=1),
+    Hyperparameter("eval-crop-ratio", float, None, "evaluation/serving centre crop / resized short side "
+                   "(0.875: 224 of 256; 0.9655: 224 of 232)", low=0, high=1, open="low"),
+    Hyperparameter("lp-steps", int, None, "L-BFGS steps of the linear probe on cached backbone features before "
+                   "training (0: off)", low=0),
     # debugger and profiler (imgclf.debug)
     Hyperparameter("profiler", bool, True, "system metrics, step timings, profiler rules and the HTML report in "
                    "the output data"),
@@ -153,7 +177,7 @@ def parse(hyperparameters: Mapping[str, str], argv: list[str] | None = None,
         value = getattr(args, hp.dest, None)
         if isinstance(value, float) and not math.isfinite(value) or not hp.in_range(value):
             raise UserError(f"bad hyperparameter: {hp.name}={value} is out of range {hp.range_text()}".rstrip())
-    return args
+    return recipe.resolve(args)
 
 
 def typed(raw: Mapping[str, object]) -> dict:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .recipe import CLASSIC_CROP_RATIO
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -28,9 +30,10 @@ class EvalSettings:
     interpolation: str = "bilinear"
 
     @classmethod
-    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> EvalSettings:
-        # torchvision's recipe: resize the short side to crop/0.875, then centre-crop
-        return cls(crop_size=image_size, resize_size=round(image_size / 0.875), mean=tuple(mean), std=tuple(std))
+    def for_image_size(cls, image_size: int, *, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       crop_ratio: float = CLASSIC_CROP_RATIO) -> EvalSettings:
+        # torchvision's recipes: resize the short side to crop/ratio, then centre-crop
+        return cls(crop_size=image_size, resize_size=round(image_size / crop_ratio), mean=tuple(mean), std=tuple(std))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,9 +13,24 @@ from torchvision.transforms import InterpolationMode
 
 # torch-free: decoding and the evaluation settings live in images.py (the CPU image serves without torch)
 from .images import IMAGENET_MEAN, IMAGENET_STD, EvalSettings, load_rgb, reduce_on_decode, to_rgb  # noqa: F401
+from .recipe import AUTO_AUGMENTS, CLASSIC_CROP_RATIO  # noqa: F401
+
+
+def auto_augment_op(name: str, interpolation: InterpolationMode):
+    """The automatic augmentation policy called `name` (one of AUTO_AUGMENTS), None for "none"."""
+    if name not in AUTO_AUGMENTS:
+        raise ValueError(f"unknown auto-augment {name!r}; choose one of {', '.join(AUTO_AUGMENTS)}")
+    if name == "trivialaugment":
+        return T.TrivialAugmentWide(interpolation=interpolation)
+    if name == "randaugment":
+        return T.RandAugment(interpolation=interpolation)
+    return None
 
 
 class ClassificationPresetTrain:
+    """Random resized crop and flip; optionally an automatic augmentation policy on the PIL image
+    and random erasing of a rectangle of the normalised tensor (torchvision's 2021 recipe)."""
+
     def __init__(
         self,
         *,
@@ -24,11 +39,19 @@ class ClassificationPresetTrain:
         std=IMAGENET_STD,
         interpolation: str = "bilinear",
         hflip_prob: float = 0.5,
+        auto_augment: str = "none",
+        random_erase: float = 0.0,
     ):
-        ops = [T.RandomResizedCrop(crop_size, interpolation=InterpolationMode(interpolation), antialias=True)]
+        mode = InterpolationMode(interpolation)
+        ops = [T.RandomResizedCrop(crop_size, interpolation=mode, antialias=True)]
         if hflip_prob > 0:
             ops.append(T.RandomHorizontalFlip(hflip_prob))
+        policy = auto_augment_op(auto_augment, mode)
+        if policy is not None:
+            ops.append(policy)
         ops += [T.PILToTensor(), T.ConvertImageDtype(torch.float), T.Normalize(mean=mean, std=std)]
+        if random_erase > 0:
+            ops.append(T.RandomErasing(p=random_erase, value=0))  # 0: the mean colour after normalising
         self.transforms = T.Compose(ops)
         # random crops zoom in, so keep twice the crop's resolution when decoding at reduced size
         self.decode_min_side = 2 * crop_size

@@ -21,9 +21,10 @@ from torch import nn
 
 from . import debug, distributed, export, features, hyperparameters, tracking
 from . import model as models
-from .builders import (Job, Learner, Splits, build_learner, build_loaders, build_model, build_splits,
-                       build_transforms, default_workers, feature_splits, open_features_channel, seed_everything,
-                       uses_features, wrap_distributed)
+from .builders import (Job, Learner, Splits, build_learner, build_loaders, build_model, build_schedule, build_splits,
+                       build_transforms, choose_precision, default_workers, feature_splits, keep_best,
+                       open_features_channel, probe_head, restore_best, seed_everything, uses_features,
+                       wrap_distributed)
 from .callbacks import Callback, Callbacks, TrainingJob
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .contract import TrainingEnvironment, UserError, failure_reason, run_job
@@ -78,6 +79,9 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     images = build_splits(job, transforms, channel_set)
     card = models.ModelCard(arch=args.arch, classes=tuple(images.classes), eval=transforms.eval_settings)
     model = build_model(args, images.classes, env, device)
+    choose_precision(job, model)
+    args = job.args
+    probe_head(job, model, card, transforms)
     splits = images
     if uses_features(args):
         feature_set = feature_splits(job, model, card, images, channel_set)
@@ -101,6 +105,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     callbacks.on_train_begin(TrainingJob(model, learner.criterion, learner.optimizer, args, env, topology, device))
     wrap_distributed(job, learner)
     loaders = build_loaders(job, splits)
+    build_schedule(job, learner, loaders)
     if topology.is_main:
         env.output_data_dir.mkdir(parents=True, exist_ok=True)
         (env.output_data_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
@@ -111,6 +116,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
 
     if not fit(job, learner, loaders, state, stop, save):
         return SIGTERM_EXIT
+    restore_best(job, learner)
     if "test" in loaders:
         test_loss, test_acc, test_skipped = evaluate_split(job, learner, "test", loaders["test"])
         if topology.is_main:
@@ -140,7 +146,8 @@ def fit(job: Job, learner: Learner, loaders: dict, state: TrainState, stop: Stop
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
         tally, interrupted = train_one_epoch(learner.net, learner.criterion, learner.optimizer, learner.scaler,
-                                             loaders["train"], device, epoch, args, topology, stop, callbacks)
+                                             loaders["train"], device, epoch, args, topology, stop, callbacks,
+                                             learner.schedule, learner.ema)
         if interrupted:
             if topology.is_main:
                 save()
@@ -151,9 +158,11 @@ def fit(job: Job, learner: Learner, loaders: dict, state: TrainState, stop: Stop
             raise UserError("no readable training images")
         elapsed = time.perf_counter() - start
         valid_loss, valid_acc, valid_skipped = evaluate_split(job, learner, "valid", loaders["valid"])
+        ema_metrics = validate_ema(job, learner, loaders["valid"], (valid_loss, valid_acc), epoch)
         state.end_epoch(valid_loss)
         metrics = dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, valid_loss=valid_loss,
-                       valid_acc=valid_acc, lr=learner.optimizer.param_groups[0]["lr"], images_per_sec=seen / elapsed)
+                       valid_acc=valid_acc, **ema_metrics, lr=learner.optimizer.param_groups[0]["lr"],
+                       images_per_sec=seen / elapsed)
         state.history.append(metrics)
         if topology.is_main:
             log.info(format_metrics(**metrics))
@@ -167,6 +176,15 @@ def fit(job: Job, learner: Learner, loaders: dict, state: TrainState, stop: Stop
                 log.info("early stopping: valid_loss has not improved for %d epochs", args.early_stopping_patience)
             break
     return True
+
+
+def validate_ema(job: Job, learner: Learner, loader, valid: tuple[float, float], epoch: int) -> dict:
+    """The EMA's validation metrics ({} without an EMA); the better of it and the network is kept."""
+    if learner.ema is None:
+        return {}
+    loss, acc, _ = evaluate(learner.ema.module, learner.criterion, loader, job.device, job.args, job.topology)
+    keep_best(learner, valid, (loss, acc), epoch)
+    return dict(ema_valid_loss=loss, ema_valid_acc=acc)
 
 
 def write_artifact(job: Job, model: nn.Module, card: models.ModelCard, images: Splits, eval_tf) -> None:

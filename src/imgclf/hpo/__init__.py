@@ -1,12 +1,14 @@
 """The hyperparameter search space of the original project, as data.
 
 lr 0.001-0.1 (logarithmic), momentum 0-1, batch size one of 32/64/128/256, objective the
-validation accuracy. The launcher turns it into SageMaker parameter ranges, the local tuner
-(`search.py`, Optuna) into its suggestions. Importing this package does not import torch or Optuna.
+validation accuracy; fine-tuning recipes add the backbone's lr ratio (below). The launcher turns
+it into SageMaker parameter ranges, the local tuner (`search.py`, Optuna) into its suggestions. Importing this package does not import torch or Optuna.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..recipe import DEFAULT_RECIPE
 
 OBJECTIVE_METRIC = "valid_acc"
 OBJECTIVE_TYPE = "Maximize"
@@ -24,11 +26,24 @@ class Categorical:
     values: tuple
 
 
-SEARCH_SPACE = {
+LINEAR_SPACE = {
     "lr": Continuous(0.001, 0.1, scale="Logarithmic"),
     "momentum": Continuous(0.0, 1.0, scale="Linear"),
     "batch-size": Categorical((32, 64, 128, 256)),
 }
+# Fine-tuning recipes: `lr` stays the head's lr, over the original range; the backbone trains at
+# lr * backbone-lr-ratio, searched from 1/100 to the same lr (logarithmic), so the backbone's lr
+# spans 1e-5 to 0.1.
+FINETUNE_SPACE = {**LINEAR_SPACE, "backbone-lr-ratio": Continuous(0.01, 1.0, scale="Logarithmic")}
+SEARCH_SPACES = {"linear": LINEAR_SPACE, "finetune": FINETUNE_SPACE, "lp-ft": FINETUNE_SPACE}
+SEARCH_SPACE = SEARCH_SPACES[DEFAULT_RECIPE]  # the space of a job that leaves `recipe` at its default
+
+
+def search_space(fixed: dict) -> dict:
+    """The space of the recipe that the fixed hyperparameters name (quoted or not), else the default's."""
+    name = str(fixed.get("recipe", DEFAULT_RECIPE)).strip('"')
+    return SEARCH_SPACES.get(name, SEARCH_SPACE)
+
 
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15

@@ -33,7 +33,7 @@ from .. import hyperparameters
 from ..callbacks import Callback
 from ..contract import TrainingEnvironment
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
-from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous
+from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous, search_space
 from ..tracking.search import SearchRuns
 from .progress import Progress
 from .storage import HEARTBEAT_S, Heartbeat, surplus
@@ -194,7 +194,7 @@ def next_trial(study: optuna.Study, search: Search, progress: Progress) -> optun
 def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress: Progress,
               features_channel: Path | None, callbacks=()) -> tuple[str, float | None]:
     """One trial's training job, told to the study; ("complete" or "pruned", its last objective)."""
-    point = suggest(trial, fixed=search.fixed)
+    point = suggest(trial, space=search_space(search.fixed), fixed=search.fixed)
     progress.trial_begins(trial.number + 1, point)
     # an interrupted trial runs again from its start: its checkpoints would be written for nothing
     hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0",

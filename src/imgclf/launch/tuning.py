@@ -1,7 +1,7 @@
 """Hyperparameter tuning: the package's search space as a SageMaker tuning job, its best trial as
 best.json, and the local tuner (`imgclf-tune`, Optuna) run in one container of the image.
 
-The ranges come from `imgclf.hpo.SEARCH_SPACE`, the objective from `imgclf.hpo.OBJECTIVE_METRIC`
+The ranges come from `imgclf.hpo.search_space` (the recipe's space), the objective from `imgclf.hpo.OBJECTIVE_METRIC`
 read by the regex of `imgclf.metrics.metric_definitions`: one place for each. Trials of a frozen
 backbone can take a `features` channel (what `imgclf features` computes once) and train only
 the head. Nothing here imports torch.
@@ -27,7 +27,7 @@ from sagemaker.tuner import (
 
 from ..contract import RESERVED_PREFIXES
 from ..names import DEFAULT_PRUNER, UserError
-from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, SEARCH_SPACE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous
+from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous, search_space
 from ..hyperparameters import BY_NAME, typed
 from ..metrics import metric_definitions
 from .session import Target
@@ -37,8 +37,9 @@ STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 WARM_START_TYPES = tuple(t.value for t in WarmStartTypes)  # IdenticalDataAndAlgorithm, TransferLearning
 
 
-def parameter_ranges(space=SEARCH_SPACE, fixed=()) -> dict:
-    """SageMaker parameter ranges for every name in `space` not given a fixed value."""
+def parameter_ranges(space=None, fixed=()) -> dict:
+    """SageMaker parameter ranges for every name in `space` (default: the fixed recipe's) not given a fixed value."""
+    space = space or search_space(dict(fixed))
     ranges = {}
     for name, dim in space.items():
         if name in fixed:

@@ -1,0 +1,75 @@
+"""Training recipes: named sets of defaults for the ingredients of a training job.
+
+    linear    the frozen ImageNet backbone and a new head, SGD with the original tuning job's best
+              lr/momentum/batch size, random crops and flips (the original project's recipe);
+    finetune  the whole network trains: the backbone at a fraction of the head's lr, warmup then
+              cosine decay per step, weight decay except on norm layers and biases, label
+              smoothing, TrivialAugmentWide + random erasing, an EMA of the weights, and
+              torchvision's 224/232 evaluation crop;
+    lp-ft     a linear probe of the head on cached backbone features first (seconds), then
+              `finetune` from it (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features").
+
+Each ingredient is its own hyperparameter (hyperparameters.py) whose default, None, means "as the
+recipe says"; a value given by a user or the tuner wins, so any ingredient can be switched off
+(label-smoothing=0, ema-decay=0, warmup-epochs=0, backbone-lr-ratio=1, auto-augment=none,
+random-erase=0, lp-steps=0, ...). `resolve` fills them in once, when the hyperparameters are parsed.
+Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import argparse
+
+# Evaluation centre crop as a fraction of the resized short side: torchvision's classic 224/256, and
+# its 2021 recipe's 224/232 for networks trained with stronger augmentation.
+CLASSIC_CROP_RATIO = 0.875
+AUTO_AUGMENTS = ("none", "trivialaugment", "randaugment")
+LR_SCHEDULES = ("constant", "cosine")
+
+# ingredient (hyperparameter dest) -> value, per recipe
+LINEAR = {
+    "freeze": True,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,
+    "warmup_epochs": 0.0,
+    "lr_schedule": "constant",
+    "backbone_lr_ratio": 1.0,
+    "norm_weight_decay": True,
+    "auto_augment": "none",
+    "random_erase": 0.0,
+    "eval_crop_ratio": CLASSIC_CROP_RATIO,
+    "lp_steps": 0,
+}
+FINETUNE = {
+    **LINEAR,
+    "freeze": False,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.1,
+    "ema_decay": 0.99,  # per step; warmed up (ema.py), so it follows the weights closely at first
+    "warmup_epochs": 1.0,
+    "lr_schedule": "cosine",
+    "backbone_lr_ratio": 0.1,
+    "norm_weight_decay": False,
+    "auto_augment": "trivialaugment",
+    "random_erase": 0.1,
+    "eval_crop_ratio": 224 / 232,
+}
+RECIPES: dict[str, dict] = {
+    "linear": LINEAR,
+    "finetune": FINETUNE,
+    "lp-ft": {**FINETUNE, "lp_steps": 100},  # L-BFGS iterations of the probe on cached features
+}
+# The best test accuracy of bench/bench_recipe.py's run on this project's machine (README, "Training recipes")
+DEFAULT_RECIPE = "linear"
+INGREDIENTS = tuple(LINEAR)
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """A copy of `args` with every ingredient left at None set to the recipe's value."""
+    chosen = RECIPES[args.recipe]
+    values = vars(args).copy()
+    for name in INGREDIENTS:
+        if values.get(name) is None:
+            values[name] = chosen[name]
+    return argparse.Namespace(**values)
+
