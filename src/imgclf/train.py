@@ -92,9 +92,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
                                           for s in features.SPLITS))
         job.num_workers = 0  # features are in memory
     if topology.is_main:
-        log.info("%d classes, %d training and %d validation images%s%s", len(splits.classes), len(splits.train),
-                 len(splits.valid), f", {len(splits.test)} test images" if splits.test else "",
-                 " (cached features)" if uses_features(args) else "")
+        log_splits(splits, cached=uses_features(args))
 
     learner = build_learner(job, model, trains_head_only=uses_features(args))
     checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
@@ -127,6 +125,12 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
         (env.output_data_dir / "metrics.json").write_text(json.dumps(state.history, indent=2) + "\n")
     callbacks.on_train_end(state.history)
     return 0
+
+
+def log_splits(splits: Splits, cached: bool) -> None:
+    log.info("%d classes, %d training and %d validation images%s%s", len(splits.classes), len(splits.train),
+             len(splits.valid), f", {len(splits.test)} test images" if splits.test else "",
+             " (cached features)" if cached else "")
 
 
 def evaluate_split(job: Job, learner: Learner, split: str, loader) -> tuple[float, float, int]:
