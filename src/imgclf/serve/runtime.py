@@ -163,7 +163,7 @@ class RunnerFactory:
     def bf16_supported(self) -> bool:
         if self.use_openvino:
             return openvino.bf16_supported()
-        from .torch_runner import bf16_supported
+        from ..precision import bf16_supported
 
         return bf16_supported(self.device)
 

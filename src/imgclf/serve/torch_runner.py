@@ -17,12 +17,6 @@ def device_for(gpu_id) -> str:
     return f"cuda:{gpu_id}" if torch.cuda.is_available() else "cpu"
 
 
-def bf16_supported(device: str) -> bool:
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def load_model(model_dir: Path, card: ModelCard) -> nn.Module:
     model = create_model(card.arch, len(card.classes))
     model.load_state_dict(torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True))
