@@ -30,6 +30,20 @@ def run(loop, coro, timeout=30):
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
 
+def upstream(loop, handler):
+    """Serve `handler` on a loopback port for a fixture: yields the port, then stops."""
+    async def start():
+        runner = web.ServerRunner(web.Server(handler))
+        await runner.setup()
+        sock = socket.create_server(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        return runner, sock.getsockname()[1]
+
+    runner, port = run(loop, start())
+    yield port
+    run(loop, runner.cleanup())
+
+
 @pytest.fixture
 def echo(loop):
     """An upstream that answers every request with what it received, as JSON; `/slow` after 1 s,
@@ -44,16 +58,7 @@ def echo(loop):
         return web.json_response({"method": request.method, "path": request.path_qs, "body": body.decode("latin-1"),
                                   "headers": dict(request.headers)}, headers={"X-Upstream": "yes"})
 
-    async def start():
-        runner = web.ServerRunner(web.Server(handle))
-        await runner.setup()
-        sock = socket.create_server(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        return runner, sock.getsockname()[1]
-
-    runner, port = run(loop, start())
-    yield port
-    run(loop, runner.cleanup())
+    yield from upstream(loop, handle)
 
 
 @pytest.fixture
@@ -85,16 +90,7 @@ def healthy(loop):
     async def ping(request):
         return web.json_response({"status": "Healthy"})
 
-    async def start():
-        runner = web.ServerRunner(web.Server(ping))
-        await runner.setup()
-        sock = socket.create_server(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        return runner, sock.getsockname()[1]
-
-    runner, port = run(loop, start())
-    yield port
-    run(loop, runner.cleanup())
+    yield from upstream(loop, ping)
 
 
 def test_head_ping_answers_as_get_ping_without_a_body(front, healthy):

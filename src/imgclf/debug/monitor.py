@@ -23,24 +23,11 @@ from .jobdata import JobData
 from .rules import PoorWeightInitialization
 from .settings import MonitorSettings
 from .statistics import ActivationVariances, record_gradients
-from .tensors import HookSettings, TensorSaver
 from .trace import DEBUG_DIR, StepTrace
 
 log = logging.getLogger("imgclf.profiler")
 
 CHECK_INTERVAL = 10  # steps between rule evaluations
-
-
-def callbacks(args, env) -> list[Callback]:
-    """The debugger and profiler callbacks that the job's hyperparameters and config files ask for."""
-    out: list[Callback] = []
-    hook = HookSettings.from_job(args, env)
-    if hook is not None:
-        out.append(TensorSaver(hook))
-    settings = MonitorSettings.from_job(args, env)
-    if settings.profiler or settings.rules:
-        out.append(Monitor(settings))
-    return out
 
 
 def _safe(method):
