@@ -153,7 +153,10 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
 def choose_precision(job: Job, model: nn.Module) -> None:
     """Settle `amp` for this machine (precision.choose: a timed probe on CPUs with bfloat16)."""
     args = job.args
-    use = precision.choose(model, job.device, requested=args.amp, image_size=args.image_size,
+    # on cached features the loop runs only the head: no probe of the network (seconds a tuning
+    # trial would pay for nothing), and features stay float32 on every CPU, as their cache key assumes
+    requested = args.amp and not (uses_features(args) and job.device.type == "cpu")
+    use = precision.choose(model, job.device, requested=requested, image_size=args.image_size,
                            batch_size=args.batch_size)
     job.args = argparse.Namespace(**{**vars(args), "amp": use})
 
