@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from . import model as models
 from .callbacks import Callbacks
 from .checkpoint import CHECKPOINT_FILE
 from .contract import TrainingEnvironment, UserError
+from .names import cpu_count
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .ema import BestWeights, WeightsEma
 from .engine import autocast, memory_format, unwrap
@@ -253,5 +253,4 @@ def _eval_loaders(job: Job, splits: Splits, loaders: dict) -> dict:
 
 
 def default_workers(topology: distributed.Topology) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, distributed.processes_per_host()))
+    return max(1, cpu_count() // max(1, distributed.processes_per_host()))

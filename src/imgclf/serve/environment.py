@@ -25,6 +25,7 @@ from pathlib import Path
 
 from sagemaker_inference import parameters as sm
 
+from ..names import cpu_count
 from .profiles import INT8_MAX_ACCURACY_DROP, INT8_MIN_AGREEMENT, PROFILE_ENV, PROFILES, MiB
 
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -109,14 +110,6 @@ SETTINGS = {  # field of ServingEnvironment -> its variable
 # sagemaker-inference's older name for the timeout; seconds here, as its docstring says (MMS itself
 # would read minutes: aws/sagemaker-inference-toolkit#99)
 LEGACY_TIMEOUT = replace(SETTINGS["response_timeout_s"], var=sm.MODEL_SERVER_TIMEOUT_ENV)
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the container's share, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
 
 
 def memory_limit_bytes(root: Path = Path("/sys/fs/cgroup")) -> int | None:

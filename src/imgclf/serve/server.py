@@ -35,6 +35,7 @@ import sagemaker_inference
 from sagemaker_inference import parameters as sm
 
 from ..archive import UnsafeArchive, packed_model
+from ..names import CARD_FILE
 from . import environment as E
 from .environment import IN_MEMORY_BYTES, MiB, SETTINGS, ServingEnvironment
 from .front import MODEL_NAME, Front
@@ -247,7 +248,7 @@ def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         log.error("multi-model-server needs a Java runtime (java not found on PATH)")
         return 1
-    if not env.multi_model and not ((env.model_dir / "model.json").is_file() or packed_model(env.model_dir)):
+    if not env.multi_model and not ((env.model_dir / CARD_FILE).is_file() or packed_model(env.model_dir)):
         log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
         return 1
     run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
