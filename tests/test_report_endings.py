@@ -3,12 +3,10 @@ profiler-report.html with how they ended at the top; PoorWeightInitialization ju
 layers not loaded from pretrained weights."""
 import json
 import re
-import signal
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
-from test_train import job_env, train_cli
+from test_train import job_env, stop_with_sigterm
 
 from imgclf import debug
 from imgclf.callbacks import Callback
@@ -48,19 +46,7 @@ def test_a_job_failing_mid_epoch_leaves_the_report_with_the_reason_at_the_top(im
 
 
 def test_a_job_stopped_by_sigterm_leaves_the_report(tmp_path):
-    data = tmp_path / "data"
-    make_image_folder(data / "train", per_class=60, size=(96, 96))
-    make_image_folder(data / "valid", per_class=2, seed=1)
-    env = job_env(tmp_path, data, epochs="3", **{"image-size": "64", "batch-size": "4", "log-interval": "1"})
-    proc = train_cli(env)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "epoch=1 step=3/" in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out = "".join(lines) + proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signal.SIGTERM, out
+    env, _ = stop_with_sigterm(tmp_path, "epoch=1 step=3/")
     html = (env.output_data_dir / report.REPORT_FILE).read_text()
     kind, reason = ending(html)
     assert kind == "stopped" and "SIGTERM" in reason

@@ -128,20 +128,27 @@ def test_early_stopping_counts_epochs_without_improvement():
     assert state.should_stop_early(2) and not state.should_stop_early(3) and not state.should_stop_early(0)
 
 
-def test_sigterm_checkpoints_and_a_restart_resumes_to_the_same_epoch_count(tmp_path):
+def stop_with_sigterm(tmp_path: Path, at: str) -> tuple[TrainingEnvironment, str]:
+    """A 3-epoch `imgclf-train` process sent SIGTERM once it logs the step line `at`
+    (e.g. "epoch=2 step=2/"); its environment and whole output, after checking it exited 143."""
     data = tmp_path / "data"
     make_image_folder(data / "train", per_class=60, size=(96, 96))
     make_image_folder(data / "valid", per_class=2, seed=1)
     env = job_env(tmp_path, data, epochs="3", **{"image-size": "64", "batch-size": "4", "log-interval": "1"})
     proc = train_cli(env)
     lines = []
-    for line in proc.stdout:  # wait until epoch 1 is done and epoch 2 is under way
+    for line in proc.stdout:
         lines.append(line)
-        if "epoch=2 step=2/" in line:
+        if at in line:
             proc.send_signal(signal.SIGTERM)
             break
     out = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
+    return env, out
+
+
+def test_sigterm_checkpoints_and_a_restart_resumes_to_the_same_epoch_count(tmp_path):
+    env, out = stop_with_sigterm(tmp_path, "epoch=2 step=2/")  # epoch 1 done, epoch 2 under way
     assert "stopped by SIGTERM in epoch 2" in out
     saved = torch.load(env.checkpoint_dir / "checkpoint.pt", weights_only=True)
     assert saved["state"]["epoch"] == 1
