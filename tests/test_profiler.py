@@ -12,6 +12,7 @@ from imgclf.names import PROFILER_INTERVAL_MS
 from imgclf.debug import monitor
 from imgclf.debug.jobdata import JobData
 from imgclf.debug.rules import VanishingGradient
+from imgclf.debug.statistics import ActivationVariances
 from imgclf.train import parse_hyperparameters, run
 
 
@@ -58,6 +59,23 @@ def test_the_job_writes_its_profile_and_report(profiled_job):
     trace = env.output_data_dir / data.traces[0]
     assert trace.name == "trace-localhost-rank0-steps2-3.json" and json.loads(trace.read_text())["traceEvents"]
     assert (env.output_data_dir / "profiler-report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_activation_variances_come_from_training_steps_only():
+    """Evaluation and, after the last epoch, the export's tracing and calibration run the same
+    ReLUs: the monitor turns recording on at an epoch's start and off at its evaluation."""
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    variances = ActivationVariances(model, r".*_relu_input")
+    x = torch.randn(1, 3, 32, 32)
+    model(x)
+    assert variances.take() == {}
+    variances.training = True
+    model(x)
+    assert len(variances.take()) == 17  # the stem's ReLU and each of 8 blocks' two calls of its one ReLU
+    variances.remove()
 
 
 def test_rule_verdicts_are_logged_as_they_fire(profiled_job):

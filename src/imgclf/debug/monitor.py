@@ -110,14 +110,17 @@ class Monitor(Callback):
             self._check()
 
     @_safe
+    def on_epoch_begin(self, epoch):
+        if self.activations is not None:
+            self.activations.training = True
+
+    @_safe
     def on_evaluate_begin(self, split):
         if self.activations is not None:
-            self.activations.evaluating = True
+            self.activations.training = False
 
     @_safe
     def on_evaluate_end(self, split, metrics):
-        if self.activations is not None:
-            self.activations.evaluating = False
         if split == "test":
             self.data.test = dict(metrics)
 

@@ -34,11 +34,13 @@ def record_gradients(model, data: JobData, step: int, ranges_of=None) -> None:
 
 class ActivationVariances:
     """Forward pre-hooks on the ReLUs whose label (`<module>_relu_input`) matches `regex`; each
-    training step's variances are collected in `step_variances` (evaluation passes are skipped)."""
+    training step's variances are collected in `step_variances`. Only training steps count: the
+    monitor turns `training` on at each epoch's start and off at its evaluation, so validation,
+    test, and the export's tracing and calibration after the last epoch are never recorded."""
 
     def __init__(self, model, regex: str):
         self.step_variances: dict[str, float] = {}
-        self.evaluating = False  # in a validation or test pass (a frozen backbone is in eval mode throughout)
+        self.training = False  # not module.training: a frozen backbone is in eval mode throughout
         self._handles = []
         pattern = re.compile(regex)
         for name, module in model.named_modules():
@@ -57,7 +59,7 @@ class ActivationVariances:
 
     def _hook(self, label: str):
         def hook(module, inputs):
-            if not self.evaluating:
+            if self.training:
                 x = inputs[0].detach()
                 # a module called several times per forward (torchvision's Bottleneck.relu) gets #2, #3
                 key, k = label, 1
