@@ -91,12 +91,12 @@ def test_agreement_counts_top1_matches_and_accuracy(exported):
 
 
 def test_artifact_carries_a_few_training_images_for_calibration(exported):
-    """Small: 12 training images here (at most 32), their short side at the eval resize size."""
+    """Small: 18 training images here (at most 32), their short side at the eval resize size."""
     from PIL import Image
 
     model_dir, _, card, _ = exported
     stored = sorted((model_dir / export.CALIBRATION_DIR).glob("*.jpg"))
-    assert len(stored) == 12
+    assert len(stored) == 18
     for path in stored:
         with Image.open(path) as img:
             assert img.format == "JPEG" and min(img.size) <= card.eval.resize_size
