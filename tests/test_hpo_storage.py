@@ -2,6 +2,7 @@
 workers on one storage finishing one search with no trial run twice."""
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +67,18 @@ def test_trials_past_the_count_are_surplus_and_failed_ones_do_not_count():
     assert storage.surplus(study, study.ask(), trials=2)
 
 
+def test_workers_started_together_on_a_new_database_all_open_it(tmp_path):
+    """They race to create its tables; the loser of a race finds them on its next attempt."""
+    url = f"sqlite:///{tmp_path / 'tuning.db'}"
+    start = time.time() + 3  # after every interpreter has imported optuna
+    code = ("import sys, time; from pathlib import Path; from imgclf.hpo import storage; "
+            "time.sleep(max(0, float(sys.argv[2]) - time.time())); storage.open_storage(sys.argv[1], Path('.'))")
+    workers = [subprocess.Popen([sys.executable, "-c", code, url, str(start)], stderr=subprocess.PIPE, text=True)
+               for _ in range(6)]
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0] * 6, "\n".join(errors)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_two_workers_on_one_storage_finish_the_search_with_no_trial_run_twice(tmp_path, image_folders, kind):
@@ -78,8 +91,25 @@ def test_two_workers_on_one_storage_finish_the_search_with_no_trial_run_twice(tm
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    workers = [worker("worker-1"), worker("worker-2")]
-    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    def until_a_trial_begins(proc) -> str:
+        lines = []
+        while not re.match(r"trial \d+(/8| \(\d/8\)) lr=", line := proc.stdout.readline()):
+            assert line, "the worker ended before it began a trial:\n" + "".join(lines)
+            lines.append(line)
+        return "".join(lines) + line
+
+    # Both take part however their start-up times differ: the first is paused in its first trial's
+    # training (it holds no storage lock there) while the second starts and begins a trial.
+    first = worker("worker-1")
+    head = [until_a_trial_begins(first)]
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = worker("worker-2")
+        head.append(until_a_trial_begins(second))
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    workers = [first, second]
+    outputs = [start + w.communicate(timeout=900)[0] for start, w in zip(head, workers)]
     assert [w.returncode for w in workers] == [0, 0], "\n".join(outputs)
     # "trial 3/8 complete ...", or "trial 6 (5/8) complete ..." when others' trials came between
     ran = [{int(n) for n in re.findall(r"^trial (\d+)(?:/8| \(\d/8\)) (?:complete|pruned)", out, re.M)}

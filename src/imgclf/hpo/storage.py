@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +31,7 @@ HEARTBEAT_S = 10.0
 GRACE_S = 60.0
 WORKER_ATTR = "worker"
 HOST = socket.gethostname()
+SCHEMA_ATTEMPTS = 3
 
 
 def open_storage(url: str | None, output: Path) -> optuna.storages.BaseStorage:
@@ -42,7 +44,15 @@ def open_storage(url: str | None, output: Path) -> optuna.storages.BaseStorage:
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     # several workers write one SQLite file: wait for its lock rather than fail at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except sqlalchemy.exc.DBAPIError:
+            # workers started together on a new database race to create its tables ("table ...
+            # already exists"); the next attempt finds them
+            if attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 class Heartbeat:
