@@ -504,7 +504,7 @@ def test_endpoints_tell_the_container_their_serving_profile(aws):
 def test_async_endpoint_and_its_limits(aws, sent, cli_env, capsys, monkeypatch):
     """`imgclf deploy --async`: an AsyncInferenceConfig writing answers (and failures) under the prefix,
     and the container told to serve its async profile (payloads up to 1 GB, an hour per request)."""
-    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    monkeypatch.setattr(options, "target", lambda args: aws)
     cli.main(["deploy", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--model-data",
               "s3://out/model.tar.gz", "--endpoint-name", "async", "--async", "s3://out/async/",
               "--async-concurrency", "2"])
@@ -524,7 +524,7 @@ def test_async_endpoint_and_its_limits(aws, sent, cli_env, capsys, monkeypatch):
 def test_batch_sized_transform(aws, sent, cli_env, capsys, monkeypatch):
     """`imgclf transform --max-payload-mb 20`: MaxPayloadInMB, which SageMaker passes to the container
     (SAGEMAKER_MAX_PAYLOAD_IN_MB), and the batch profile's hour per record instead of SageMaker's 600 s."""
-    monkeypatch.setattr(cli, "_target", lambda args: aws)
+    monkeypatch.setattr(options, "target", lambda args: aws)
     cli.main(["transform", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--model-data",
               "s3://out/model.tar.gz", "--data", "s3://data/images", "--output-path", "s3://out/p",
               "--max-payload-mb", "20", "--no-wait"])
