@@ -34,6 +34,7 @@ BATCH_ENV = "SAGEMAKER_BATCH"  # "true" in a batch transform's container
 BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"  # SINGLE_RECORD or MULTI_RECORD (logged)
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MAX_DEFAULT_THREADS = 4
+MODEL_NAME = "model"  # the single model's name inside multi-model-server
 # Bodies up to this size stay in memory (the front's and the JVM's); larger ones go to disk.
 IN_MEMORY_BYTES = 6 * MiB
 # The model server's fixed JVM heap, touched at start: its memory is bounded and flat while it

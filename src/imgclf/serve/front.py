@@ -34,12 +34,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import registration, spool
-from .environment import IN_MEMORY_BYTES
+from .environment import IN_MEMORY_BYTES, MODEL_NAME
 from .sniffing import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "model"  # the single model's name inside MMS
 TARGET_MODEL = "X-Amzn-SageMaker-Target-Model"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate", "content-length", "host"}

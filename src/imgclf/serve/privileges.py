@@ -4,7 +4,8 @@ The image runs as root because SageMaker local mode mounts root-owned 0700 folde
 `imgclf-serve` started as root copies the model artifact into a folder of its own (extracting a
 model.tar.gz safely when that is what it finds), hands that folder to the serving user
 (`IMGCLF_SERVE_USER`, default `imgclf`, created in the image), and drops to that user: groups,
-group and user ids, irreversibly, before the HTTP port, the model server and its workers start.
+group and user ids, irreversibly, before the HTTP port opens. The model server, started earlier
+(its JVM is slow to start), is started as that user, so it and its workers never hold root.
 Started as any other user it changes nothing.
 """
 from __future__ import annotations
@@ -64,13 +65,17 @@ def give(path: Path, user: pwd.struct_passwd) -> None:
         os.chown(p, user.pw_uid, user.pw_gid, follow_symlinks=False)
 
 
+def user_environment(user: pwd.struct_passwd, home: Path) -> dict[str, str]:
+    """The variables that name `user`, with `home` as HOME (the JVM writes its preferences there)."""
+    return {"HOME": str(home), "USER": user.pw_name, "LOGNAME": user.pw_name}
+
+
 def drop_to(user: pwd.struct_passwd, home: Path) -> None:
-    """Become `user` for the rest of the process (and every process it starts), with `home` as
-    HOME (the JVM writes its preferences there)."""
+    """Become `user` for the rest of the process (and every process it starts), with `home` as HOME."""
     os.setgroups([])
     os.setgid(user.pw_gid)
     os.setuid(user.pw_uid)
     if os.getuid() == 0 or os.geteuid() == 0:  # setuid must not be reversible
         raise RuntimeError("could not drop root privileges")
-    os.environ.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name)
+    os.environ.update(user_environment(user, home))
     log.info("serving as %s (uid %d, gid %d)", user.pw_name, user.pw_uid, user.pw_gid)

@@ -4,8 +4,10 @@ In a container it takes no arguments: everything comes from the SAGEMAKER_* vari
 sagemaker-inference defines and our IMGCLF_* ones (environment.py). Outside a container the
 flags set the same variables: `imgclf-serve --model-dir ./model --port 8080`.
 
-Started as root (as SageMaker starts it), it first copies the model and drops to an unprivileged
-user (privileges.py). It starts multi-model-server in the foreground on a private port, registers
+Started as root (as SageMaker starts it), it copies the model and drops to an unprivileged user
+(privileges.py). It starts multi-model-server first, in the foreground on a private port and as
+that user: its JVM takes seconds to start, and the model is copied and the front's modules are
+imported meanwhile. Then it registers
 the model with server-side batching (MMS's start-up models get a batch size of 1), and serves the
 public port through `front.Front` (aiohttp). SIGTERM stops listening, lets the requests in flight
 finish, then stops the model server's whole process group, workers included, all within
@@ -19,6 +21,7 @@ import contextlib
 import http.client
 import logging
 import os
+import pwd
 import random
 import shutil
 import signal
@@ -37,11 +40,9 @@ from sagemaker_inference import parameters as sm
 from ..archive import UnsafeArchive, packed_model
 from ..names import CARD_FILE
 from . import environment as E
-from .environment import IN_MEMORY_BYTES, MiB, SETTINGS, ServingEnvironment
-from .front import MODEL_NAME, Front
-from .runtime import unservable_reason
+from .environment import IN_MEMORY_BYTES, MODEL_NAME, MiB, SETTINGS, ServingEnvironment
 from .spool import SPOOL_DIR_ENV
-from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model
+from .privileges import DEFAULT_USER, SERVE_USER_ENV, drop_to, give, serving_user, stage_model, user_environment
 
 log = logging.getLogger("imgclf.serve")
 
@@ -124,14 +125,17 @@ def request(port: int, method: str, path: str, timeout: float) -> tuple[int, byt
 class ModelServer:
     """multi-model-server in its own process group, with its config and logs in `run_dir`."""
 
-    def __init__(self, env: ServingEnvironment, run_dir: Path, port: int):
+    def __init__(self, env: ServingEnvironment, run_dir: Path, port: int, user: pwd.struct_passwd | None = None):
+        """Started as `user` when given (privileges.drop_to's changes, for the child only)."""
         self.env = env
         self.port = port
         self.run_dir = run_dir
         config = run_dir / "mms.properties"
         config.write_text(mms_config(env, self.port))
+        as_user = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
         child_env = {
             **os.environ,
+            **({} if user is None else user_environment(user, run_dir)),
             # MMS keeps its pid file (TMPDIR) and worker sockets (TEMP) in the temp dir: one per server
             "TMPDIR": str(run_dir),
             "TEMP": str(run_dir),
@@ -147,7 +151,7 @@ class ModelServer:
         cmd = [sys.executable, "-m", "mms.model_server", "--start", "--foreground", "--mms-config", str(config),
                "--model-store", "/", "--log-config", str(MMS_LOG_CONFIG)]
         log.info("starting multi-model-server on 127.0.0.1:%d: %s", self.port, " ".join(cmd))
-        self.process = subprocess.Popen(cmd, env=child_env, cwd=run_dir, start_new_session=True)
+        self.process = subprocess.Popen(cmd, env=child_env, cwd=run_dir, start_new_session=True, **as_user)
 
     def wait_until_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -199,10 +203,9 @@ def start_up(server: ModelServer, front: Front, env: ServingEnvironment, model_d
         failed.set()
 
 
-def prepare(env: ServingEnvironment, run_dir: Path, user_name: str | None) -> Path:
+def prepare(env: ServingEnvironment, run_dir: Path, user: pwd.struct_passwd | None) -> Path:
     """As root: copy the model into `run_dir` and become the serving user. Returns the model
     folder to serve."""
-    user = serving_user(user_name)
     if user is None:
         return env.model_dir
     model_dir = env.model_dir if env.multi_model else stage_model(env.model_dir, run_dir / "model")
@@ -211,19 +214,19 @@ def prepare(env: ServingEnvironment, run_dir: Path, user_name: str | None) -> Pa
     return model_dir
 
 
-async def serve(env: ServingEnvironment, host: str, model_dir: Path, run_dir: Path) -> int:
-    """The front on the public port and MMS behind it, until SIGTERM or a failure."""
+async def serve(env: ServingEnvironment, host: str, server: ModelServer, model_dir: Path, run_dir: Path) -> int:
+    """The front on the public port and `server` behind it, until SIGTERM or a failure."""
+    from .front import Front  # aiohttp: imported while the model server starts (the module's docstring)
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    mms_port = free_port()
-    front = Front(mms_port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
+    front = Front(server.port, multi_model=env.multi_model, max_payload_bytes=env.max_payload_bytes,
                   register_defaults=register_defaults(env) if env.multi_model else None,
                   models_dir=env.models_dir if env.multi_model else None, stage_dir=run_dir / "models",
                   upstream_timeout_s=env.response_timeout_s, stop_grace_s=DRAIN_S, spool_dir=run_dir / "spool")
     await front.start(host, env.port)
-    server = ModelServer(env, run_dir, mms_port)
     failed = threading.Event()
     threading.Thread(target=start_up, args=(server, front, env, model_dir, failed), name="start-up",
                      daemon=True).start()
@@ -252,15 +255,24 @@ def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None
         log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
         return 1
     run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
+    server = None
     try:
         try:
-            model_dir = prepare(env, run_dir, user)
+            serving = serving_user(user)
+            if serving is not None:
+                give(run_dir, serving)
+            server = ModelServer(env, run_dir, free_port(), user=serving)
+            model_dir = prepare(env, run_dir, serving)
+            from .runtime import unservable_reason  # numpy: imported while the model server starts
+
             if not env.multi_model and (reason := unservable_reason(model_dir)):  # e.g. no torch, no OpenVINO copy
                 raise RuntimeError(reason)
         except (OSError, RuntimeError, UnsafeArchive) as e:
             log.error("cannot prepare the model for serving: %s", e)
+            if server is not None:
+                server.stop()
             return 1
-        return asyncio.run(serve(env, host, model_dir, run_dir))
+        return asyncio.run(serve(env, host, server, model_dir, run_dir))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
