@@ -56,8 +56,10 @@ def test_auto_falls_back_to_openvino_bf16_then_fp32_when_int8_misses_it(exported
     assert "misses the threshold" in caplog.text and "largest probability gap" in caplog.text
     assert choose(model_dir, card, bf16=False).name == "openvino fp32"
     assert "no bfloat16 on this processor" in caplog.text
-    with mock.patch.object(runtime, "MAX_PROBABILITY_GAP", 0.0):
+    # answers that differ (a CPU without bf16 kernels runs the bf16 hint in float32: they never would)
+    with mock.patch.object(runtime, "same_answers", return_value=(False, 0.3)):
         assert choose(model_dir, card, bf16=True).name == "openvino fp32"
+    assert "largest probability gap 0.3000, differs" in caplog.text
 
 
 def test_auto_serves_fp32_when_bf16_fails_to_run(exported, caplog):
