@@ -97,10 +97,12 @@ def test_a_browser_shows_the_summary_rules_and_charts(job_output, tmp_path):
     assert dom.count("<svg") >= 6 and "Training loss per step" in dom
 
     shot = tmp_path / "report.png"
-    done = browse("--window-size=1200,2400", f"--screenshot={shot}")
+    # tall enough for the charts below every rule row: in a long test session the job's start
+    # (its process's) is long ago, and MaxInitializationTime adds a row
+    done = browse("--window-size=1200,4800", f"--screenshot={shot}")
     assert shot.is_file(), done.stderr
     image = Image.open(shot).convert("RGB")
-    assert image.size == (1200, 2400)
+    assert image.size == (1200, 4800)
     colors = image.getcolors(maxcolors=1 << 20)
     first_series = tuple(int(PALETTE[0][i:i + 2], 16) for i in (1, 3, 5))
     drawn = sum(n for n, c in colors if max(abs(a - b) for a, b in zip(c, first_series)) < 40)
