@@ -14,7 +14,7 @@ from PIL import Image
 from serve_support import CLASSES, encode, jpeg, make_artifact, require_mms, serve
 
 from imgclf.serve.environment import ServingEnvironment
-from imgclf.serve.server import mms_config, register_defaults
+from imgclf.serve.model_server import mms_config, register_defaults
 
 pytestmark = pytest.mark.mms
 SERVER_ENV = {"IMGCLF_PRECISION": "fp32", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "IMGCLF_MAX_IMAGE_PIXELS": "1000000"}
