@@ -8,8 +8,8 @@ Started as root (as SageMaker starts it), it copies the model and drops to an un
 (privileges.py). It starts multi-model-server (model_server.py) first, as that user: its JVM takes
 seconds to start, and the model is copied and the front's modules are imported meanwhile. Then it
 registers the model with server-side batching (MMS's start-up models get a batch size of 1), and
-serves the public port through `front.Front` (aiohttp). SIGTERM stops listening, lets the requests in flight
-finish, then stops the model server's whole process group, workers included, all within
+serves the public port through `front.Front` (aiohttp). SIGTERM stops listening, lets the requests
+in flight finish, then stops the model server's whole process group, workers included, all within
 SageMaker's 30 s.
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imgclf.serve")
 
-# SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then the
-# model server model_server.STOP_GRACE_S to exit, then it is killed.
+# SageMaker sends SIGKILL 30 s after SIGTERM: requests in flight get DRAIN_S to finish, then
+# multi-model-server gets model_server.STOP_GRACE_S to exit, then it is killed.
 DRAIN_S = 15
 
 
