@@ -116,6 +116,34 @@ def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(
     assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
 
 
+def fake_quantizes(ov_model) -> int:
+    """Activation quantizers and int8 weights: what a layer put back to float32 loses."""
+    return sum(op.get_type_name() == "FakeQuantize" or (op.get_type_name() == "Constant"
+               and op.get_output_element_type(0).get_type_name() in ("i8", "u8")) for op in ov_model.get_ops())
+
+
+@pytest.mark.slow
+def test_accuracy_control_puts_back_at_most_max_float32_groups(exported, tmp_path, monkeypatch):
+    """Its time is bounded: on 150 images, where a random network's answers hang on many small
+    differences, it stops after MAX_FLOAT32_GROUPS groups of layers are back in float32 (one per
+    iteration; a step that made things worse is undone once, the next one kept) and returns that copy."""
+    model_dir, model, card, _ = exported
+    make_image_folder(tmp_path, per_class=50, seed=2)
+    valid = ImageFolderDataset(tmp_path, card.classes, ClassificationPresetEval.from_settings(card.eval))
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
+    answers = export.reference_answers(model, valid)
+
+    def quantized_ops(max_groups: int) -> tuple[int, float]:
+        monkeypatch.setattr(export, "MAX_FLOAT32_GROUPS", max_groups)
+        int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
+        return fake_quantizes(int8), export.top1_agreement(export.compile_model(int8), answers)[0]
+
+    (one, agreement), (three, _) = quantized_ops(1), quantized_ops(3)
+    assert fake_quantizes(export.quantize(fp32, batches)) > one > three > 0
+    assert agreement < 1.0  # stopped short of the threshold
+
+
 def test_with_transform_keeps_the_subset_and_leaves_the_original_alone(tmp_path):
     make_image_folder(tmp_path / "train", per_class=2)
     classes = find_classes(tmp_path / "train")
