@@ -116,7 +116,7 @@ def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(
     assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
 
 
-def fake_quantizes(ov_model) -> int:
+def quantized_tensors(ov_model) -> int:
     """Activation quantizers and int8 weights: what a layer put back to float32 loses."""
     return sum(op.get_type_name() == "FakeQuantize" or (op.get_type_name() == "Constant"
                and op.get_output_element_type(0).get_type_name() in ("i8", "u8")) for op in ov_model.get_ops())
@@ -137,10 +137,10 @@ def test_accuracy_control_puts_back_at_most_max_float32_groups(exported, tmp_pat
     def quantized_ops(max_groups: int) -> tuple[int, float]:
         monkeypatch.setattr(export, "MAX_FLOAT32_GROUPS", max_groups)
         int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
-        return fake_quantizes(int8), export.top1_agreement(export.compile_model(int8), answers)[0]
+        return quantized_tensors(int8), export.top1_agreement(export.compile_model(int8), answers)[0]
 
     (one, agreement), (three, _) = quantized_ops(1), quantized_ops(3)
-    assert fake_quantizes(export.quantize(fp32, batches)) > one > three > 0
+    assert quantized_tensors(export.quantize(fp32, batches)) > one > three > 0
     assert agreement < 1.0  # stopped short of the threshold
 
 
