@@ -27,7 +27,9 @@ def history(env):
 
 
 def test_head_on_cached_features_matches_training_through_the_backbone(tmp_path, image_folders):
-    through = job_env(tmp_path / "through", image_folders, **LITE, **{"num-workers": "1"})  # order: not the workers'
+    # one loader process: the order is not the workers'; float32: cached features are float32 on
+    # every CPU, where this run could otherwise choose bf16 autocast (a CPU with AVX-512 BF16)
+    through = job_env(tmp_path / "through", image_folders, **LITE, **{"num-workers": "1", "amp": "false"})
     cached = job_env(tmp_path / "cached", image_folders, **LITE, features="true")
     assert run(through) == 0 and run(cached) == 0
     for a, b in zip(history(through), history(cached)):
