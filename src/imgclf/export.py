@@ -67,20 +67,26 @@ def to_openvino(model: nn.Module, crop_size: int):
         return ov.convert_model(model, example_input=example, input=[(-1, 3, crop_size, crop_size)])
 
 
-def quantize(ov_model, batches: list[np.ndarray]):
-    """Post-training static int8 quantization with NNCF for CPUs: symmetric weights per channel,
-    activation ranges measured on every calibration batch, and bias correction: the full one from
-    FULL_BIAS_CORRECTION_IMAGES calibration images on (on the bundled Fashion-MNIST sample, 112
-    images, it kept 48 of 48 top-1 answers where the fast one kept 46), the fast one below that
+def quantization_settings(batches: list[np.ndarray]) -> dict:
+    """NNCF's settings for post-training static int8 quantization on CPUs: symmetric weights per
+    channel, activation ranges measured on every calibration batch, and bias correction: the full
+    one from FULL_BIAS_CORRECTION_IMAGES calibration images on (on the bundled Fashion-MNIST sample,
+    112 images, it kept 48 of 48 top-1 answers where the fast one kept 46), the fast one below that
     (from 10 photos the full one estimated worse: 18 of 20 ImageNet photos kept instead of 19)."""
     import nncf
 
     nncf.set_log_level(logging.WARNING)
-    full = sum(map(len, batches)) >= FULL_BIAS_CORRECTION_IMAGES
+    return dict(calibration_dataset=nncf.Dataset(batches), subset_size=len(batches),
+                target_device=nncf.TargetDevice.CPU, preset=nncf.QuantizationPreset.PERFORMANCE,
+                fast_bias_correction=sum(map(len, batches)) < FULL_BIAS_CORRECTION_IMAGES)
+
+
+def quantize(ov_model, batches: list[np.ndarray]):
+    """Post-training static int8 quantization with NNCF (`quantization_settings`)."""
+    import nncf
+
     try:
-        return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches),
-                             target_device=nncf.TargetDevice.CPU, preset=nncf.QuantizationPreset.PERFORMANCE,
-                             fast_bias_correction=not full)
+        return nncf.quantize(ov_model, **quantization_settings(batches))
     finally:
         keep_signal_stack()
 
@@ -112,17 +118,14 @@ def quantize_to_agreement(ov_model, batches: list[np.ndarray], reference: nn.Mod
     answers = reference_answers(reference, validation)
     if not answers:
         return quantize(ov_model, batches)
-    nncf.set_log_level(logging.WARNING)
     bounds = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_FLOAT32_GROUPS, num_ranking_workers=1,
                                                 ranking_subset_size=max(1, RANKING_IMAGES // BATCH))
     start = time.perf_counter()
     try:
         int8 = nncf.quantize_with_accuracy_control(
-            ov_model, nncf.Dataset(batches), nncf.Dataset(answers, lambda item: item[0]), top1_agreement,
-            max_drop=1 - min_agreement, drop_type=nncf.DropType.ABSOLUTE, target_device=nncf.TargetDevice.CPU,
-            preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(batches),
-            fast_bias_correction=sum(map(len, batches)) < FULL_BIAS_CORRECTION_IMAGES,
-            advanced_accuracy_restorer_parameters=bounds)
+            ov_model, validation_dataset=nncf.Dataset(answers, lambda item: item[0]), validation_fn=top1_agreement,
+            max_drop=1 - min_agreement, drop_type=nncf.DropType.ABSOLUTE, advanced_accuracy_restorer_parameters=bounds,
+            **quantization_settings(batches))
     finally:
         keep_signal_stack()
     log.info("int8 quantized with accuracy control in %.0f s", time.perf_counter() - start)
