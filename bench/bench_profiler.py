@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="plain/profiled runs alternate; medians are compared")
     args = p.parse_args()
     args.log_interval = 0
+    args.freeze_bn_stats = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = models.create_model(args.arch, 10)
     if args.freeze:

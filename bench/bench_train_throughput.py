@@ -122,6 +122,7 @@ def main() -> None:
     p.add_argument("--images", type=Path, help="class folders of JPEGs (default: generated 500x375 photos)")
     args = p.parse_args()
     args.log_interval = 0
+    args.freeze_bn_stats = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = args.num_workers if args.num_workers is not None else default_workers(distributed.Topology())
     n_images = args.batch_size * (args.steps + args.warmup + 1)  # the loader cycles over these

@@ -160,3 +160,15 @@ def test_card_carries_serving_formats_and_reads_cards_without_them(tmp_path):
     del older["formats"]  # a card written before formats existed
     (tmp_path / "model.json").write_text(json.dumps(older))
     assert models.load_card(tmp_path).formats == {}
+
+
+def test_freeze_bn_stats_keeps_running_statistics_while_the_backbone_trains():
+    net = models.create_model("resnet18", 3)
+    models.train_mode(net, freeze_bn_stats=True)
+    assert net.training and net.layer1[0].conv1.weight.requires_grad and not net.bn1.training
+    stats = net.bn1.running_mean.clone()
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert torch.equal(net.bn1.running_mean, stats) and net.bn1.weight.grad is not None
+    models.train_mode(net)
+    net(torch.randn(4, 3, 32, 32))
+    assert not torch.equal(net.bn1.running_mean, stats)  # without it, the batch's statistics move them

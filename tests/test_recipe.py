@@ -32,6 +32,8 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
         assert args.label_smoothing > 0 and args.ema_decay > 0 and args.warmup_epochs > 0
         assert args.lr_schedule == "cosine" and args.auto_augment == "trivialaugment" and args.random_erase > 0
         assert args.eval_crop_ratio == pytest.approx(224 / 232)
+    assert parse({"recipe": "finetune"}).freeze_bn_stats and not parse({"recipe": "finetune", "pretrained": "false"}
+                                                                      ).freeze_bn_stats  # no statistics to keep
     assert parse({"recipe": "lp-ft"}).lp_steps > 0 and parse({"recipe": "finetune"}).lp_steps == 0
     assert parse({}).recipe == DEFAULT_RECIPE
 
@@ -42,6 +44,7 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
     ({"auto-augment": "none"}, "auto_augment", "none"), ({"random-erase": "0"}, "random_erase", 0.0),
     ({"lp-steps": "0"}, "lp_steps", 0), ({"freeze": "true"}, "freeze", True),
     ({"lr-schedule": "constant"}, "lr_schedule", "constant"), ({"weight-decay": "0"}, "weight_decay", 0.0),
+    ({"crop-scale": "1"}, "crop_scale", 1.0), ({"freeze-bn-stats": "false"}, "freeze_bn_stats", False),
 ])
 def test_an_ingredient_set_alone_wins_over_the_recipe(raw, dest, value):
     args = parse({"recipe": "lp-ft", **raw})

@@ -91,8 +91,8 @@ def build_transforms(args) -> Transforms:
     mean, std = models.normalisation(args.arch)
     eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std, crop_ratio=args.eval_crop_ratio)
     eval_tf = ClassificationPresetEval.from_settings(eval_settings)
-    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std, auto_augment=args.auto_augment,
-                                          random_erase=args.random_erase)
+    train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std, crop_scale=args.crop_scale,
+                                          auto_augment=args.auto_augment, random_erase=args.random_erase)
                 if args.augment and not uses_features(args) else eval_tf)
     return Transforms(train_tf, eval_tf, eval_settings)
 

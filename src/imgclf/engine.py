@@ -124,7 +124,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
                     callbacks: Callback, schedule: Schedule | None = None, weights_ema: WeightsEma | None = None):
     """One pass over the training data; `schedule` sets the lr before each step, `weights_ema` follows
     the weights after it. Returns (Tally, interrupted by SIGTERM)."""
-    models.train_mode(model)
+    models.train_mode(model, args.freeze_bn_stats)
     tally = Tally(device)
     start = time.perf_counter()
     lap = _Laps(device, callbacks.device_sync)

@@ -113,6 +113,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("backbone-lr-ratio", float, None, "backbone lr / head lr (1: the same)", low=0, high=1,
                    open="low"),
     Hyperparameter("norm-weight-decay", bool, None, "weight decay on norm layers and biases too"),
+    Hyperparameter("freeze-bn-stats", bool, None, "batch-norm layers of a training backbone keep the running "
+                   "statistics they were loaded with (default off with pretrained=false)"),
+    Hyperparameter("crop-scale", float, None, "smallest area of a random resized crop, as a fraction of the "
+                   "image (0.08: torchvision's)", low=0, high=1, open="low"),
     Hyperparameter("auto-augment", str, None, "augmentation policy after crop and flip",
                    choices=recipe.AUTO_AUGMENTS),
     Hyperparameter("random-erase", float, None, "probability of erasing a random rectangle (0: off)", low=0,

@@ -148,11 +148,12 @@ def freeze_backbone(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
-def train_mode(model: nn.Module) -> None:
+def train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> None:
     """`model.train()`, except that a frozen backbone runs as in evaluation: fixed batch-norm statistics,
     no dropout or stochastic depth. It is then a fixed function of the image, whose features can be
     computed once (features.py); only the head trains. Frozen batch-norm layers of a partly frozen
-    network keep their running statistics too."""
+    network keep their running statistics too, and so do all with `freeze_bn_stats` (their weights
+    still train: Keras' fine-tuning advice)."""
     model.train()
     if not any(p.requires_grad for name, p in model.named_parameters() if not name.startswith(head_name(model) + ".")):
         for child in model.children():
@@ -160,7 +161,8 @@ def train_mode(model: nn.Module) -> None:
         head(model).train()
         return
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                freeze_bn_stats or not any(p.requires_grad for p in m.parameters())):
             m.eval()
 
 

@@ -39,11 +39,12 @@ class ClassificationPresetTrain:
         std=IMAGENET_STD,
         interpolation: str = "bilinear",
         hflip_prob: float = 0.5,
+        crop_scale: float = 0.08,
         auto_augment: str = "none",
         random_erase: float = 0.0,
     ):
         mode = InterpolationMode(interpolation)
-        ops = [T.RandomResizedCrop(crop_size, interpolation=mode, antialias=True)]
+        ops = [T.RandomResizedCrop(crop_size, scale=(crop_scale, 1.0), interpolation=mode, antialias=True)]
         if hflip_prob > 0:
             ops.append(T.RandomHorizontalFlip(hflip_prob))
         policy = auto_augment_op(auto_augment, mode)

@@ -35,6 +35,8 @@ LINEAR = {
     "lr_schedule": "constant",
     "backbone_lr_ratio": 1.0,
     "norm_weight_decay": True,
+    "freeze_bn_stats": False,  # moot: the frozen backbone runs in evaluation mode anyway
+    "crop_scale": 0.08,  # torchvision's RandomResizedCrop default
     "auto_augment": "none",
     "random_erase": 0.0,
     "eval_crop_ratio": CLASSIC_CROP_RATIO,
@@ -50,6 +52,9 @@ FINETUNE = {
     "lr_schedule": "cosine",
     "backbone_lr_ratio": 0.1,
     "norm_weight_decay": False,
+    # ImageNet statistics, not the batch's: batch statistics of a new domain (Fashion-MNIST) wrecked
+    # the pretrained features; bench_recipe's validation accuracy 0.47 -> 0.79 after two epochs
+    "freeze_bn_stats": True,
     "auto_augment": "trivialaugment",
     "random_erase": 0.1,
     "eval_crop_ratio": 224 / 232,
@@ -68,6 +73,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """A copy of `args` with every ingredient left at None set to the recipe's value."""
     chosen = RECIPES[args.recipe]
     values = vars(args).copy()
+    if values.get("freeze_bn_stats") is None and not values["pretrained"]:
+        values["freeze_bn_stats"] = False  # random initialisation has no statistics worth keeping
     for name in INGREDIENTS:
         if values.get(name) is None:
             values[name] = chosen[name]
