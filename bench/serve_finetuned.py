@@ -33,7 +33,8 @@ from imgclf.presets import ClassificationPresetEval, load_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "local_test" / "test_dir"
-PHOTOS = sorted((JOB / "input" / "data" / "test").glob("*/*.jpg"))[:20]
+SAMPLE = JOB / "input" / "data"
+PHOTOS = sorted((SAMPLE / "test").glob("*/*.jpg"))[:20]
 
 
 def docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -80,6 +81,7 @@ def served_top1(image: str, model_dir: Path) -> tuple[list[str], str]:
 
 
 def own_top1(model_dir: Path) -> list[str]:
+    """The labels of PHOTOS by the artifact's float32 torch network behind its evaluation transform."""
     model, card = load_artifact(model_dir)
     transform = ClassificationPresetEval.from_settings(card.eval)
     pixels = []

@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 import requests
-import torch
 from conftest import ROOT, free_port
-from PIL import Image
 from test_image import container_running, job_dir, run_image, wait_for_ping
 
-from imgclf.model import load_artifact, load_card
-from imgclf.presets import ClassificationPresetEval, load_rgb
+from imgclf.model import load_card
 
-SAMPLE = ROOT / "local_test" / "test_dir" / "input" / "data"
-PHOTOS = sorted((SAMPLE / "test").glob("*/*.jpg"))[:20]
+sys.path.insert(0, str(ROOT / "bench"))
+from serve_finetuned import PHOTOS, SAMPLE  # noqa: E402
+from serve_finetuned import own_top1 as torch_top1  # noqa: E402  the float32 torch network: the reference
+
 MAX_CPU_IMAGE_BYTES = 1.5e9
 EXPORT_HINT = "imgclf-export MODEL_DIR"
 
@@ -47,18 +46,6 @@ def trained(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {"openvino_fp32", "openvino_int8"} <= set(load_card(out / "model").formats)
     return out / "model"
-
-
-def torch_top1(model_dir: Path) -> list[str]:
-    """The float32 torch network with torchvision's evaluation transform: the reference."""
-    model, card = load_artifact(model_dir)
-    transform = ClassificationPresetEval.from_settings(card.eval)
-    pixels = []
-    for path in PHOTOS:
-        with Image.open(path) as img:
-            pixels.append(transform(load_rgb(img, transform.decode_min_side)))
-    with torch.inference_mode():
-        return [card.classes[i] for i in model(torch.stack(pixels)).argmax(1).tolist()]
 
 
 @contextmanager
