@@ -108,6 +108,7 @@ def test_train_preset_without_ingredients_is_crop_and_flip_only():
 def test_crop_scale_bounds_how_far_random_crops_zoom_in():
     img = Image.new("L", (64, 64))
     img.paste(255, (0, 0, 16, 16))  # a white corner, 1/16 of the image
+
     def white_corners(crop_scale):
         tf = ClassificationPresetTrain(crop_size=32, hflip_prob=0, crop_scale=crop_scale, mean=(0,), std=(1,))
         return [bool(tf(img)[0, :4, :4].min() > 0.5) for _ in range(30)]

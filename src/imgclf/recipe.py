@@ -53,7 +53,7 @@ FINETUNE = {
     "backbone_lr_ratio": 0.1,
     "norm_weight_decay": False,
     # ImageNet statistics, not the batch's: batch statistics of a new domain (Fashion-MNIST) wrecked
-    # the pretrained features; bench_recipe's validation accuracy 0.47 -> 0.79 after two epochs
+    # the pretrained features (bench_recipe's 15 epochs: validation accuracy 0.70 -> 0.835)
     "freeze_bn_stats": True,
     "auto_augment": "trivialaugment",
     "random_erase": 0.1,
