@@ -30,7 +30,8 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
         args = parse({"recipe": name})
         assert not args.freeze and args.backbone_lr_ratio < 1 and not args.norm_weight_decay
         assert args.label_smoothing > 0 and args.ema_decay > 0 and args.warmup_epochs > 0
-        assert args.lr_schedule == "cosine" and args.auto_augment == "trivialaugment" and args.random_erase > 0
+        assert args.lr_schedule == "cosine" and args.freeze_bn_stats
+        assert (args.auto_augment, args.random_erase) == ("none", 0)  # measured worse in 15 epochs
         assert args.eval_crop_ratio == pytest.approx(224 / 232)
     assert parse({"recipe": "finetune"}).freeze_bn_stats and not parse({"recipe": "finetune", "pretrained": "false"}
                                                                       ).freeze_bn_stats  # no statistics to keep
