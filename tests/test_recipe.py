@@ -33,8 +33,7 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
         assert args.lr_schedule == "cosine" and args.freeze_bn_stats
         assert (args.auto_augment, args.random_erase) == ("none", 0)  # measured worse in 15 epochs
         assert args.eval_crop_ratio == pytest.approx(224 / 232)
-    assert parse({"recipe": "finetune"}).freeze_bn_stats and not parse({"recipe": "finetune", "pretrained": "false"}
-                                                                      ).freeze_bn_stats  # no statistics to keep
+    assert not parse({"recipe": "finetune", "pretrained": "false"}).freeze_bn_stats  # no statistics to keep
     assert parse({"recipe": "lp-ft"}).lp_steps > 0 and parse({"recipe": "finetune"}).lp_steps == 0
     assert parse({}).recipe == DEFAULT_RECIPE
 
