@@ -83,9 +83,10 @@ def train(data: Path, out: Path, pretrained: Path | None, **hyperparameters) -> 
 def bench_arch(arch: str, data: Path, work: Path, a, pretrained: Path | None) -> str:
     results = {}
     for key, recipe in RECIPES.items():
+        batch = {"batch_size": a.batch_size} if a.batch_size else {}
         acc, seconds, history = train(data, work / f"{arch}-{key}", pretrained, arch=arch, recipe=recipe,
-                                      epochs=a.epochs, image_size=a.image_size, batch_size=a.batch_size, seed=a.seed,
-                                      log_interval=0, profiler="false", rules="false", serving_formats="false")
+                                      epochs=a.epochs, image_size=a.image_size, seed=a.seed, log_interval=0,
+                                      profiler="false", rules="false", serving_formats="false", **batch)
         valid = " ".join(f"{h['valid_acc']:.3f}" for h in history if "valid_acc" in h)
         print(f"# {arch} {recipe}: test_acc={acc:.4f} in {seconds:.0f} s; valid_acc by epoch: {valid}", flush=True)
         results[key] = (acc, seconds)
@@ -112,13 +113,14 @@ def main() -> None:
     p.add_argument("--valid-per-class", type=int, default=20)
     p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, help="the same for every recipe (default: each recipe's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     print(f"# {a.classes} classes, {a.train_per_class}/{a.valid_per_class}/{a.test_per_class} train/valid/test per "
-          f"class, {a.epochs} epochs, image {a.image_size}, batch {a.batch_size}, CPU flags {cpu_flags()}", flush=True)
+          f"class, {a.epochs} epochs, image {a.image_size}, batch {a.batch_size or 'by recipe'}, "
+          f"CPU flags {cpu_flags()}", flush=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -33,6 +33,7 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
         assert args.lr_schedule == "cosine" and args.freeze_bn_stats
         assert (args.auto_augment, args.random_erase) == ("none", 0)  # measured worse in 15 epochs
         assert args.eval_crop_ratio == pytest.approx(224 / 232)
+        assert args.batch_size == BEST_KNOWN["batch-size"] // 2  # twice the steps in the same epochs
     assert not parse({"recipe": "finetune", "pretrained": "false"}).freeze_bn_stats  # no statistics to keep
     assert parse({"recipe": "lp-ft"}).lp_steps > 0 and parse({"recipe": "finetune"}).lp_steps == 0
     assert parse({}).recipe == DEFAULT_RECIPE
@@ -45,6 +46,7 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
     ({"lp-steps": "0"}, "lp_steps", 0), ({"freeze": "true"}, "freeze", True),
     ({"lr-schedule": "constant"}, "lr_schedule", "constant"), ({"weight-decay": "0"}, "weight_decay", 0.0),
     ({"crop-scale": "1"}, "crop_scale", 1.0), ({"freeze-bn-stats": "false"}, "freeze_bn_stats", False),
+    ({"batch-size": "64"}, "batch_size", 64),
 ])
 def test_an_ingredient_set_alone_wins_over_the_recipe(raw, dest, value):
     args = parse({"recipe": "lp-ft", **raw})

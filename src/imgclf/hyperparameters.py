@@ -71,7 +71,8 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("freeze", bool, None, "train the new head only, the frozen backbone as in evaluation (batch-norm "
                    "statistics, dropout fixed); false fine-tunes all (default: the recipe's)"),
     Hyperparameter("epochs", int, 15, "passes over the training data", low=1),
-    Hyperparameter("batch-size", int, BEST_KNOWN["batch-size"], "per process", low=1),
+    Hyperparameter("batch-size", int, None, "per process (default: the recipe's; linear's is the original tuning "
+                   "job's best trial)", low=1),
     Hyperparameter("lr", float, BEST_KNOWN["lr"], "SGD learning rate, of the head where the backbone has its own "
                    "(default: the original tuning job's best trial)",
                    low=0, open="low"),
