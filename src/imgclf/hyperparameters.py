@@ -17,9 +17,8 @@ from .contract import decode_value, hyperparameters_to_argv
 from .names import (DEBUG_SAVE_INTERVAL, MIN_DEBUG_SAVE_INTERVAL, MIN_PROFILER_INTERVAL_MS, PROFILER_INTERVAL_MS,
                     UserError)
 from . import recipe
+from .recipe import BEST_KNOWN
 
-# Best trial of the original project's tuning job (imgclf.hpo's search space): the training defaults.
-BEST_KNOWN = {"lr": 0.0173, "momentum": 0.609, "batch-size": 64}
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
 
 
