@@ -18,7 +18,7 @@ from imgclf.data import ImageFolderDataset
 from imgclf.presets import ClassificationPresetEval
 from imgclf.train import run
 
-LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "freeze": "true", "image-size": "64", "epochs": "3",
+LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "recipe": "linear", "image-size": "64", "epochs": "3",
         "lr": "0.05", "augment": "false"}
 
 

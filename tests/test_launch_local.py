@@ -158,7 +158,8 @@ def test_local_tuner_in_one_container_then_the_final_model(docker_image, data, l
     """`imgclf tune --local`: the Optuna tuner in one container of the image (features once, heads in
     turn), best.json on this machine; then `imgclf train --local --best` trains the final model."""
     tuning_dir = tmp_path / "tuning"
-    fixed = ["--arch", "efficientnet_lite0", "--image-size", "32", "--epochs", "2", "--num-workers", "0"]
+    fixed = ["--recipe", "linear", "--arch", "efficientnet_lite0", "--image-size", "32", "--epochs", "2",
+             "--num-workers", "0"]
     with timed(timings, "tune (3 trials, cached features, 1 container)"):
         cli.main(["tune", "--local", "--image-uri", docker_image, "--data", str(data), "--max-jobs", "3",
                   "--pruner", "none", "--output-path", str(tuning_dir), "--local-root", str(local_root), *fixed])

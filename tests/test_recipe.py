@@ -36,7 +36,14 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
         assert args.batch_size == BEST_KNOWN["batch-size"] // 2  # twice the steps in the same epochs
     assert not parse({"recipe": "finetune", "pretrained": "false"}).freeze_bn_stats  # no statistics to keep
     assert parse({"recipe": "lp-ft"}).lp_steps > 0 and parse({"recipe": "finetune"}).lp_steps == 0
-    assert parse({}).recipe == DEFAULT_RECIPE
+
+
+def test_the_default_is_finetune_and_linear_for_jobs_on_cached_features():
+    assert DEFAULT_RECIPE == "finetune" and parse({}).recipe == "finetune" and not parse({}).freeze
+    for flag in ("features", "extract-features"):
+        args = parse({flag: "true"})
+        assert args.recipe == "linear" and args.freeze  # a frozen backbone, as features.check_job asks
+    assert parse({"features": "true", "recipe": "lp-ft"}).recipe == "lp-ft"  # named: kept (and refused later)
 
 
 @pytest.mark.parametrize("raw, dest, value", [
@@ -65,7 +72,8 @@ def test_bad_recipe_or_ingredient_values_name_the_choices():
 def test_the_tuner_searches_the_recipes_space():
     assert "backbone-lr-ratio" not in search_space({"recipe": '"linear"'})
     assert search_space({"recipe": "finetune"}) is SEARCH_SPACES["finetune"]
-    assert search_space({}) is SEARCH_SPACES[DEFAULT_RECIPE]
+    assert search_space({}) is SEARCH_SPACES["finetune"]
+    assert search_space({"features": True}) is search_space({"features": '"true"'}) is SEARCH_SPACES["linear"]
     assert search_space({"recipe": "finetune"})["lr"] == SEARCH_SPACES["linear"]["lr"]  # the head's lr range
     assert search_space({"recipe": "lp-ft"})["backbone-lr-ratio"].scale == "Logarithmic"
 

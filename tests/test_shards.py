@@ -20,7 +20,7 @@ from imgclf.launch import datasets
 from imgclf.shard_dataset import ShardChannel, ShardDataset, deal
 from imgclf.train import run
 
-LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "freeze": "true", "image-size": "64", "epochs": "1",
+LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "recipe": "linear", "image-size": "64", "epochs": "1",
         "augment": "false", "features": "true"}
 
 

@@ -202,8 +202,8 @@ def ensure(path: Path, identity: dict, data: dict, compute: Callable[[], dict]) 
 
 def check_job(args, distributed: bool) -> None:
     if not (args.pretrained and args.freeze):
-        raise UserError("features and extract-features need a frozen pretrained backbone (pretrained=true, "
-                        "freeze=true): a backbone that learns has no fixed features")
+        raise UserError("features and extract-features need a frozen pretrained backbone (recipe=linear or "
+                        "freeze=true, pretrained=true): a backbone that learns has no fixed features")
     if distributed:
         raise UserError("features and extract-features run in one process: use one instance without several GPUs")
 

@@ -101,8 +101,9 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("serving-formats", bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
                    "calibrated on training images and checked on the validation set (tuning trials skip them)"),
     # training recipe (recipe.py): `recipe` gives each ingredient below its default; a value set here wins
-    Hyperparameter("recipe", str, recipe.DEFAULT_RECIPE, "linear: frozen backbone, new head; finetune: the whole "
-                   "network with the ingredients below; lp-ft: a linear probe on cached features, then finetune",
+    Hyperparameter("recipe", str, None, "linear: frozen backbone, new head; finetune: the whole network with the "
+                   "ingredients below; lp-ft: a linear probe on cached features, then finetune (default: "
+                   f"{recipe.DEFAULT_RECIPE}; linear with features or extract-features)",
                    choices=tuple(recipe.RECIPES)),
     Hyperparameter("label-smoothing", float, None, "cross-entropy label smoothing (0: off)", low=0, high=1,
                    open="high"),

@@ -2,9 +2,9 @@
 
     linear    the frozen ImageNet backbone and a new head, SGD with the original tuning job's best
               lr/momentum/batch size, random crops and flips (the original project's recipe);
-    finetune  the whole network trains, in batches half linear's size: the backbone at a fraction
-              of the head's lr, warmup then cosine decay per step, weight decay except on norm
-              layers and biases, label smoothing, batch-norm statistics kept, an EMA of the
+    finetune  (the default) the whole network trains, in batches half linear's size: the backbone
+              at a fraction of the head's lr, warmup then cosine decay per step, weight decay except
+              on norm layers and biases, label smoothing, batch-norm statistics kept, an EMA of the
               weights, and torchvision's 224/232 evaluation crop (TrivialAugmentWide and random
               erasing are ingredients too, off by default: they lost accuracy in a 15-epoch job);
     lp-ft     a linear probe of the head on cached backbone features first (seconds), then
@@ -74,16 +74,23 @@ RECIPES: dict[str, dict] = {
     "finetune": FINETUNE,
     "lp-ft": {**FINETUNE, "lp_steps": 100},  # L-BFGS iterations of the probe on cached features
 }
-# bench/bench_recipe.py (README, "Training recipes"): finetune tests about three points above linear
-# there, short of the five asked, at about four times its training time
-DEFAULT_RECIPE = "linear"
+# the best of the three in bench/bench_recipe.py's 15-epoch job (README, "Training recipes"), at
+# about four times linear's training time
+DEFAULT_RECIPE = "finetune"
 INGREDIENTS = tuple(LINEAR)
 
 
+def default_recipe(features: bool) -> str:
+    """The recipe of a job that names none: a job on cached backbone features needs a frozen backbone."""
+    return "linear" if features else DEFAULT_RECIPE
+
+
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """A copy of `args` with every ingredient left at None set to the recipe's value."""
-    chosen = RECIPES[args.recipe]
+    """A copy of `args` with the recipe, and every ingredient left at None, set."""
     values = vars(args).copy()
+    if values["recipe"] is None:
+        values["recipe"] = default_recipe(values["features"] or values["extract_features"])
+    chosen = RECIPES[values["recipe"]]
     if values.get("freeze_bn_stats") is None and not values["pretrained"]:
         values["freeze_bn_stats"] = False  # random initialisation has no statistics worth keeping
     for name in INGREDIENTS:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..recipe import DEFAULT_RECIPE
+from ..hyperparameters import typed
+from ..recipe import DEFAULT_RECIPE, default_recipe
 
 OBJECTIVE_METRIC = "valid_acc"
 OBJECTIVE_TYPE = "Maximize"
@@ -40,8 +41,9 @@ SEARCH_SPACE = SEARCH_SPACES[DEFAULT_RECIPE]  # the space of a job that leaves `
 
 
 def search_space(fixed: dict) -> dict:
-    """The space of the recipe that the fixed hyperparameters name (quoted or not), else the default's."""
-    name = str(fixed.get("recipe", DEFAULT_RECIPE)).strip('"')
+    """The space of the recipe that the trials' fixed hyperparameters (raw or typed) give them."""
+    fixed = typed(fixed)
+    name = fixed.get("recipe") or default_recipe(bool(fixed.get("features")))
     return SEARCH_SPACES.get(name, SEARCH_SPACE)
 
 
