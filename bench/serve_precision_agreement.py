@@ -166,7 +166,7 @@ def real_photos(args, work: Path) -> None:
 def trained_model(args, work: Path) -> None:
     model_dir = train_fashion_mnist(work / "fashion", arch="efficientnet_lite0", image_size=96,
                                     per_class=args.per_class, epochs=args.epochs,
-                                    extra=["--batch-size", "16", "--freeze", args.freeze])
+                                    extra=["--recipe", "linear", "--batch-size", "16", "--freeze", args.freeze])
     card = load_card(model_dir)
     what = "head trained" if args.freeze == "true" else "fine-tuned"
     print(f"Fashion-MNIST, efficientnet_lite0 {what} {args.epochs} epochs on {args.per_class} images per class "

@@ -38,11 +38,13 @@ def test_finetune_and_lp_ft_train_everything_with_the_modern_ingredients():
     assert parse({"recipe": "lp-ft"}).lp_steps > 0 and parse({"recipe": "finetune"}).lp_steps == 0
 
 
-def test_the_default_is_finetune_and_linear_for_jobs_on_cached_features():
+def test_the_default_is_finetune_and_linear_for_a_frozen_backbone():
     assert DEFAULT_RECIPE == "finetune" and parse({}).recipe == "finetune" and not parse({}).freeze
-    for flag in ("features", "extract-features"):
+    assert parse({"freeze": "false"}).recipe == "finetune"
+    for flag in ("freeze", "features", "extract-features"):
         args = parse({flag: "true"})
         assert args.recipe == "linear" and args.freeze  # a frozen backbone, as features.check_job asks
+        assert (args.label_smoothing, args.ema_decay, args.lr_schedule) == (0, 0, "constant")
     assert parse({"features": "true", "recipe": "lp-ft"}).recipe == "lp-ft"  # named: kept (and refused later)
 
 
@@ -73,7 +75,7 @@ def test_the_tuner_searches_the_recipes_space():
     assert "backbone-lr-ratio" not in search_space({"recipe": '"linear"'})
     assert search_space({"recipe": "finetune"}) is SEARCH_SPACES["finetune"]
     assert search_space({}) is SEARCH_SPACES["finetune"]
-    assert search_space({"features": True}) is search_space({"features": '"true"'}) is SEARCH_SPACES["linear"]
+    assert search_space({"features": True}) is search_space({"freeze": '"true"'}) is SEARCH_SPACES["linear"]
     assert search_space({"recipe": "finetune"})["lr"] == SEARCH_SPACES["linear"]["lr"]  # the head's lr range
     assert search_space({"recipe": "lp-ft"})["backbone-lr-ratio"].scale == "Logarithmic"
 

@@ -103,7 +103,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     # training recipe (recipe.py): `recipe` gives each ingredient below its default; a value set here wins
     Hyperparameter("recipe", str, None, "linear: frozen backbone, new head; finetune: the whole network with the "
                    "ingredients below; lp-ft: a linear probe on cached features, then finetune (default: "
-                   f"{recipe.DEFAULT_RECIPE}; linear with features or extract-features)",
+                   f"{recipe.DEFAULT_RECIPE}; linear with freeze, features or extract-features)",
                    choices=tuple(recipe.RECIPES)),
     Hyperparameter("label-smoothing", float, None, "cross-entropy label smoothing (0: off)", low=0, high=1,
                    open="high"),

@@ -80,16 +80,17 @@ DEFAULT_RECIPE = "finetune"
 INGREDIENTS = tuple(LINEAR)
 
 
-def default_recipe(features: bool) -> str:
-    """The recipe of a job that names none: a job on cached backbone features needs a frozen backbone."""
-    return "linear" if features else DEFAULT_RECIPE
+def default_recipe(frozen: bool) -> str:
+    """The recipe of a job that names none: linear's where the backbone is frozen (`freeze=true`, or
+    cached backbone features, which need a frozen backbone), else the default."""
+    return "linear" if frozen else DEFAULT_RECIPE
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """A copy of `args` with the recipe, and every ingredient left at None, set."""
     values = vars(args).copy()
     if values["recipe"] is None:
-        values["recipe"] = default_recipe(values["features"] or values["extract_features"])
+        values["recipe"] = default_recipe(bool(values["freeze"] or values["features"] or values["extract_features"]))
     chosen = RECIPES[values["recipe"]]
     if values.get("freeze_bn_stats") is None and not values["pretrained"]:
         values["freeze_bn_stats"] = False  # random initialisation has no statistics worth keeping

@@ -42,8 +42,8 @@ SEARCH_SPACE = SEARCH_SPACES[DEFAULT_RECIPE]  # the space of a job that leaves `
 
 def search_space(fixed: dict) -> dict:
     """The space of the recipe that the trials' fixed hyperparameters (raw or typed) give them."""
-    fixed = typed(fixed)
-    name = fixed.get("recipe") or default_recipe(bool(fixed.get("features")))
+    given = typed({name: fixed[name] for name in ("recipe", "freeze", "features") if name in fixed})
+    name = given.get("recipe") or default_recipe(bool(given.get("freeze") or given.get("features")))
     return SEARCH_SPACES.get(name, SEARCH_SPACE)
 
 
