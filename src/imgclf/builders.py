@@ -158,6 +158,14 @@ def choose_precision(job: Job, model: nn.Module) -> None:
     requested = args.amp and not (uses_features(args) and job.device.type == "cpu")
     use = precision.choose(model, job.device, requested=requested, image_size=args.image_size,
                            batch_size=args.batch_size)
+    if job.topology.distributed:
+        # DDP needs one memory layout on every rank, and each rank timed its own probe: bfloat16 and
+        # channels_last only where every rank chose them
+        everywhere = not distributed.any_rank(not use, job.topology, job.device)
+        if use and not everywhere:
+            log.info("precision: float32, as another rank's probe chose")
+            model.to(memory_format=precision.memory_format(False))
+        use = everywhere
     job.args = argparse.Namespace(**{**vars(args), "amp": use})
 
 
