@@ -89,7 +89,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    low=0),
     Hyperparameter("log-interval", int, 50, "steps between progress lines (0: off)", low=0),
     Hyperparameter("amp", bool, True, "mixed precision and channels_last: AMP on CUDA, bf16 autocast on CPUs with "
-                   "AVX-512 BF16 or AMX when a timed probe finds it faster"),
+                   "AVX-512 BF16 or AMX when a timed probe finds it faster (on every rank of a distributed job)"),
     Hyperparameter("augment", bool, True, "random crops and flips of training images; false feeds them as "
                    "evaluation does"),
     Hyperparameter("features", bool, False, "frozen backbone: compute each image's backbone features once "
