@@ -27,7 +27,6 @@ def test_a_rank_without_its_rank_variable_is_refused():
         distributed.init(environ={"WORLD_SIZE": "2"})
 
 
-
 def _choose_precision_on_rank(rank: int, port: int, probe_says: list[bool], out) -> None:
     """One rank of a CPU job whose precision probe answers `probe_says[rank]` (the probe is timed, so
     ranks may disagree); writes what the job then runs."""
