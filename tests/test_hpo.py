@@ -74,6 +74,7 @@ def test_search_with_cached_features_writes_best_and_resumes_without_redoing(tmp
     hps = saved["hyperparameters"]
     assert (hps["arch"], hps["image-size"], hps["epochs"]) == ("efficientnet_lite0", 32, 2)
     assert isinstance(hps["batch-size"], int) and 0.001 <= hps["lr"] <= 0.1 and "features" not in hps
+    assert hps["recipe"] == "linear"  # named in best.json: the final job trains as the trials did
     # only the best trial's artifact is kept
     assert [p.parent.name for p in (tmp_path / "out" / "trials").glob("*/model")] == [f"{saved['trial']:03d}"]
     # a trial interrupted runs again whole: it writes no checkpoint

@@ -373,17 +373,18 @@ def test_features_command_starts_an_extract_features_job(aws, sent, cli_env, cap
 def test_best_json_round_trip_and_final_training(tmp_path, monkeypatch):
     best = tuning.Best("imgclf-1-001", 0.91, tuning.decode_hyperparameters(
         {"epochs": "3", "batch-size": '"128"', "lr": "0.02", "features": "true", "_tuning_objective_metric": "x"}))
-    assert best.to_json() == {"hyperparameters": {"epochs": 3, "batch-size": 128, "lr": 0.02},
+    # the trial ran on cached features, so with linear's ingredients: the final job must too
+    assert best.to_json() == {"hyperparameters": {"epochs": 3, "batch-size": 128, "lr": 0.02, "recipe": "linear"},
                               "objective": {"metric": OBJECTIVE_METRIC, "type": "Maximize", "value": 0.91},
                               "training_job": "imgclf-1-001"}
     path = tuning.write_best(best.to_json(), tmp_path / "best.json")
-    assert tuning.read_best(path) == {"epochs": 3, "batch-size": 128, "lr": 0.02}
+    assert tuning.read_best(path) == {"epochs": 3, "batch-size": 128, "lr": 0.02, "recipe": "linear"}
 
     monkeypatch.setenv(options.IMAGE_URI_ENV, IMAGE)
     target = session.local_target(tmp_path)
     args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--momentum", "0.5"])
     assert options.job_spec(args, target).hyperparameters == {"epochs": 15, "batch-size": 128, "lr": 0.02,
-                                                          "momentum": "0.5"}
+                                                          "recipe": "linear", "momentum": "0.5"}
     args = cli.get_args_parser().parse_args(["train", "--local", "--best", str(path), "--epochs", "4"])
     assert options.job_spec(args, target).hyperparameters["epochs"] == "4"
     (tmp_path / "bad.json").write_text("[]")

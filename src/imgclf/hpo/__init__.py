@@ -40,16 +40,26 @@ SEARCH_SPACES = {"linear": LINEAR_SPACE, "finetune": FINETUNE_SPACE, "lp-ft": FI
 SEARCH_SPACE = SEARCH_SPACES[DEFAULT_RECIPE]  # the space of a job that leaves `recipe` at its default
 
 
+def recipe_of(hyperparameters: dict) -> str:
+    """The recipe that a job with these hyperparameters (raw or typed) runs."""
+    given = typed({name: hyperparameters[name] for name in ("recipe", "freeze", "features") if name in hyperparameters})
+    return given.get("recipe") or default_recipe(bool(given.get("freeze") or given.get("features")))
+
+
 def search_space(fixed: dict) -> dict:
-    """The space of the recipe that the trials' fixed hyperparameters (raw or typed) give them."""
-    given = typed({name: fixed[name] for name in ("recipe", "freeze", "features") if name in fixed})
-    name = given.get("recipe") or default_recipe(bool(given.get("freeze") or given.get("features")))
-    return SEARCH_SPACES.get(name, SEARCH_SPACE)
+    """The space of the recipe that the trials' fixed hyperparameters give them."""
+    return SEARCH_SPACES.get(recipe_of(fixed), SEARCH_SPACE)
 
 
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.
 TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats", "checkpoint")
+
+
+def best_hyperparameters(trial: dict) -> dict:
+    """best.json's hyperparameters of a trial: what it found, with the recipe it ran named (a trial on
+    cached features runs linear's, which the final job, on images, would not get by default)."""
+    return {**{k: v for k, v in typed(trial).items() if k not in TRIAL_ONLY}, "recipe": recipe_of(trial)}
 # Every trial's: its model is not served (the final job's is), so it skips the serving formats.
 TRIAL_DEFAULTS = {"serving-formats": "false"}

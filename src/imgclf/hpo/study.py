@@ -10,9 +10,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .. import hyperparameters
 from ..names import PRUNERS, UserError
-from . import OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_ONLY
+from . import OBJECTIVE_METRIC, OBJECTIVE_TYPE, best_hyperparameters
 from .storage import HOST, is_orphaned, open_storage
 
 STUDY_NAME = "imgclf"
@@ -97,8 +96,7 @@ def best_record(study: optuna.Study, fixed: dict, output: Path) -> dict | None:
         top = study.best_trial
     except ValueError:  # no complete trial
         return None
-    hps = {k: v for k, v in {**fixed, **top.params}.items() if k not in TRIAL_ONLY}
-    return {"hyperparameters": hyperparameters.typed(hps),
+    return {"hyperparameters": best_hyperparameters({**fixed, **top.params}),
             "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE, "value": top.value},
             "trial": top.number + 1, "model": str((trial_dir(output, top.number) / "model").relative_to(output))}
 

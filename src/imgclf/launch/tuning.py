@@ -27,7 +27,8 @@ from sagemaker.tuner import (
 
 from ..contract import RESERVED_PREFIXES
 from ..names import DEFAULT_PRUNER, UserError
-from ..hpo import OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous, search_space
+from ..hpo import (OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous,
+                   best_hyperparameters, search_space)
 from ..hyperparameters import BY_NAME, typed
 from ..metrics import metric_definitions
 from .session import Target
@@ -116,7 +117,7 @@ class Best:
 
     def to_json(self) -> dict:
         """best.json: what `imgclf train --best` reads (the local tuner writes the same form)."""
-        hps = {k: v for k, v in self.hyperparameters.items() if k not in TRIAL_ONLY}
+        hps = best_hyperparameters(self.hyperparameters)
         return {"hyperparameters": hps, "objective": {"metric": OBJECTIVE_METRIC, "type": OBJECTIVE_TYPE,
                                                       "value": self.objective}, "training_job": self.job_name}
 
