@@ -55,11 +55,11 @@ def search_space(fixed: dict) -> dict:
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.
 TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats", "checkpoint")
+# Every trial's: its model is not served (the final job's is), so it skips the serving formats.
+TRIAL_DEFAULTS = {"serving-formats": "false"}
 
 
 def best_hyperparameters(trial: dict) -> dict:
     """best.json's hyperparameters of a trial: what it found, with the recipe it ran named (a trial on
     cached features runs linear's, which the final job, on images, would not get by default)."""
     return {**{k: v for k, v in typed(trial).items() if k not in TRIAL_ONLY}, "recipe": recipe_of(trial)}
-# Every trial's: its model is not served (the final job's is), so it skips the serving formats.
-TRIAL_DEFAULTS = {"serving-formats": "false"}
