@@ -80,17 +80,21 @@ DEFAULT_RECIPE = "finetune"
 INGREDIENTS = tuple(LINEAR)
 
 
-def default_recipe(frozen: bool) -> str:
-    """The recipe of a job that names none: linear's where the backbone is frozen (`freeze=true`, or
-    cached backbone features, which need a frozen backbone), else the default."""
-    return "linear" if frozen else DEFAULT_RECIPE
+# switches (hyperparameter dests) that freeze the backbone: cached backbone features need a frozen one
+FREEZING = ("freeze", "features", "extract_features")
+
+
+def default_recipe(values: dict) -> str:
+    """The recipe of a job that names none, from its typed values by dest: linear's where a switch
+    freezes the backbone, else the default."""
+    return "linear" if any(values.get(name) for name in FREEZING) else DEFAULT_RECIPE
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """A copy of `args` with the recipe, and every ingredient left at None, set."""
     values = vars(args).copy()
     if values["recipe"] is None:
-        values["recipe"] = default_recipe(bool(values["freeze"] or values["features"] or values["extract_features"]))
+        values["recipe"] = default_recipe(values)
     chosen = RECIPES[values["recipe"]]
     if values.get("freeze_bn_stats") is None and not values["pretrained"]:
         values["freeze_bn_stats"] = False  # random initialisation has no statistics worth keeping

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..hyperparameters import typed
-from ..recipe import DEFAULT_RECIPE, default_recipe
+from ..recipe import DEFAULT_RECIPE, FREEZING, default_recipe
 
 OBJECTIVE_METRIC = "valid_acc"
 OBJECTIVE_TYPE = "Maximize"
@@ -42,8 +42,10 @@ SEARCH_SPACE = SEARCH_SPACES[DEFAULT_RECIPE]  # the space of a job that leaves `
 
 def recipe_of(hyperparameters: dict) -> str:
     """The recipe that a job with these hyperparameters (raw or typed) runs."""
-    given = typed({name: hyperparameters[name] for name in ("recipe", "freeze", "features") if name in hyperparameters})
-    return given.get("recipe") or default_recipe(bool(given.get("freeze") or given.get("features")))
+    names = {dest.replace("_", "-"): dest for dest in ("recipe", *FREEZING)}  # hyperparameter name -> dest
+    given = typed({name: hyperparameters[name] for name in names if name in hyperparameters})
+    values = {names[name]: value for name, value in given.items()}
+    return values.get("recipe") or default_recipe(values)
 
 
 def search_space(fixed: dict) -> dict:
@@ -62,4 +64,5 @@ TRIAL_DEFAULTS = {"serving-formats": "false"}
 def best_hyperparameters(trial: dict) -> dict:
     """best.json's hyperparameters of a trial: what it found, with the recipe it ran named (a trial on
     cached features runs linear's, which the final job, on images, would not get by default)."""
-    return {**{k: v for k, v in typed(trial).items() if k not in TRIAL_ONLY}, "recipe": recipe_of(trial)}
+    hps = typed(trial)
+    return {**{k: v for k, v in hps.items() if k not in TRIAL_ONLY}, "recipe": recipe_of(hps)}
