@@ -55,18 +55,21 @@ def foolbox_photos(dest: Path) -> Path:
 
 
 def train_fashion_mnist(work: Path, *, arch: str, image_size: int, per_class: int, epochs: int,
-                        extra: list[str] = ()) -> Path:
-    """The model dir that `imgclf-train` writes for Fashion-MNIST class folders (10 classes,
-    split 70/15/15), OpenVINO formats and their recorded agreement included."""
+                        extra: list[str] = (), file: str = "train", pretrained: Path | None = None) -> Path:
+    """The model dir that `imgclf-train` writes for Fashion-MNIST class folders (10 classes from
+    its `file`, split 70/15/15), OpenVINO formats and their recorded agreement included;
+    `pretrained`, a folder, is the job's pretrained channel."""
     sys.path.insert(0, str(ROOT / "local_test"))
     from make_sample_data import write_sample
 
-    write_sample(work / "data", per_class=per_class, size=max(64, image_size))
+    write_sample(work / "data", per_class=per_class, size=max(64, image_size), file=file)
     out = work / "job"
     env = {**os.environ, "SM_CHANNEL_TRAINING": str(work / "data" / "train"),
            "SM_CHANNEL_VALIDATION": str(work / "data" / "valid"), "SM_MODEL_DIR": str(out / "model"),
            "SM_OUTPUT_DIR": str(out / "output"), "SM_OUTPUT_DATA_DIR": str(out / "output" / "data"),
            "SM_CHECKPOINT_DIR": str(out / "checkpoints")}
+    if pretrained:
+        env["SM_CHANNEL_PRETRAINED"] = str(pretrained)
     cmd = [sys.executable, "-c", "from imgclf.train import cli; cli()", "--arch", arch, "--epochs", str(epochs),
            "--image-size", str(image_size), *extra]
     job = subprocess.run(cmd, env=env, capture_output=True, text=True)
