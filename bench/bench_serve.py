@@ -6,7 +6,7 @@ The artifact comes from the real training job (`imgclf-train`: ResNet50 from scr
 Fashion-MNIST class folders at 224 px), so it carries what training writes for serving: the
 OpenVINO float32 and int8 copies and their agreement with float32 on the validation set. With
 --pretrain-epochs, the job fine-tunes a ResNet50 that an earlier job trained on other photos instead
-(`pretrain`): a more confident network, like one fine-tuned from ImageNet weights. AWS's stack loads
+(`pretrain`): a surer network, in place of one fine-tuned from ImageNet weights. AWS's stack loads
 the same weights. Requests are 500x375 photo-like JPEGs.
 
 Prints:
@@ -115,7 +115,8 @@ def pretrain(root: Path, epochs: int) -> Path:
     """A ResNet50 trained from scratch at 96 px (12 times fewer pixels than 224) on Fashion-MNIST's test
     file, whose photos none of the serving job's are, as `<dir>/resnet50.pth` for a pretrained channel.
     It stands in for ImageNet weights: the networks that a from-scratch job makes in this benchmark's
-    minutes answer many images with near ties, which int8 flips whatever the layers it keeps."""
+    minutes answer many images with near ties, which int8 flips whatever the layers it keeps. The
+    fine-tuned one has fewer, but whether int8 then keeps 99 % still varies from run to run (README)."""
     from serve_precision_agreement import train_fashion_mnist
 
     model = train_fashion_mnist(root, arch="resnet50", image_size=96, per_class=1000, epochs=epochs, file="t10k",
