@@ -55,16 +55,18 @@ def foolbox_photos(dest: Path) -> Path:
 
 
 def train_fashion_mnist(work: Path, *, arch: str, image_size: int, per_class: int, epochs: int,
-                        extra: list[str] = (), file: str = "train", pretrained: Path | None = None) -> Path:
+                        extra: list[str] = (), file: str = "train", pretrained: Path | None = None,
+                        environ: dict | None = None) -> Path:
     """The model dir that `imgclf-train` writes for Fashion-MNIST class folders (10 classes from
     its `file`, split 70/15/15), OpenVINO formats and their recorded agreement included;
-    `pretrained`, a folder, is the job's pretrained channel."""
+    `pretrained`, a folder, is the job's pretrained channel; `environ` the job's base environment
+    (default: this process's)."""
     sys.path.insert(0, str(ROOT / "local_test"))
     from make_sample_data import write_sample
 
     write_sample(work / "data", per_class=per_class, size=max(64, image_size), file=file)
     out = work / "job"
-    env = {**os.environ, "SM_CHANNEL_TRAINING": str(work / "data" / "train"),
+    env = {**(os.environ if environ is None else environ), "SM_CHANNEL_TRAINING": str(work / "data" / "train"),
            "SM_CHANNEL_VALIDATION": str(work / "data" / "valid"), "SM_MODEL_DIR": str(out / "model"),
            "SM_OUTPUT_DIR": str(out / "output"), "SM_OUTPUT_DATA_DIR": str(out / "output" / "data"),
            "SM_CHECKPOINT_DIR": str(out / "checkpoints")}

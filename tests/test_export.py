@@ -9,6 +9,7 @@ from torch.utils.data import Subset
 
 from imgclf import export
 from imgclf.data import ImageFolderDataset, find_classes
+from imgclf.int8_kernels import AVX2, VNNI, int8_kernels
 from imgclf.model import ModelCard, create_model, load_card, save_artifact
 from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
 
@@ -51,6 +52,35 @@ def test_formats_and_their_agreement_are_recorded_in_model_json(exported):
     assert fp32.agreement.top1_agreement == 1.0 and fp32.agreement.accuracy_drop == 0  # the same network
     raw = json.loads((model_dir / "model.json").read_text())["formats"]["openvino_int8"]
     assert set(raw["agreement"]) == {"images", "top1_agreement", "accuracy", "fp32_accuracy", "accuracy_drop"}
+    # checked with this CPU's int8 arithmetic and, where that is VNNI's, with AVX2's too; the lowest is `agreement`
+    own = int8_kernels()
+    assert set(int8.by_kernels) == ({own, AVX2} if own == VNNI else {own})
+    assert int8.agreement == min(int8.by_kernels.values(), key=lambda a: a.top1_agreement)
+    assert fp32.by_kernels == {}  # float32 arithmetic is the same everywhere
+
+
+def test_int8_is_still_checked_with_this_cpus_kernels_when_the_avx2_child_fails(exported, monkeypatch, caplog):
+    model_dir, model, card, valid = exported
+
+    class Failing:
+        def __init__(self, ir):
+            pass
+
+        def __call__(self, pixels):
+            raise RuntimeError("the AVX2 child process ended (exit 1)")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(export, "int8_kernels", lambda: VNNI)
+    monkeypatch.setattr(export, "AVX2Runner", Failing)
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    fp32_checked, int8_checked = export.check_formats(model, fp32, model_dir / card.formats["openvino_int8"].file, valid)
+    assert set(int8_checked) == {VNNI} and fp32_checked.top1_agreement == 1.0
+    assert "int8 not checked with avx2 kernels: the AVX2 child process ended (exit 1)" in caplog.text
 
 
 def test_stored_files_are_an_xml_graph_and_raw_weights(exported):

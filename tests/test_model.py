@@ -150,12 +150,20 @@ def test_unreachable_download_gives_no_weights(tmp_path, monkeypatch):
 
 def test_card_carries_serving_formats_and_reads_cards_without_them(tmp_path):
     agreement = models.Agreement(images=50, top1_agreement=0.98, accuracy=0.9, fp32_accuracy=0.92)
-    int8 = models.ServingFormat("model_int8.xml", "int8", agreement, calibration_images=300)
+    vnni = models.Agreement(images=50, top1_agreement=1.0, accuracy=0.92, fp32_accuracy=0.92)
+    int8 = models.ServingFormat("model_int8.xml", "int8", agreement, calibration_images=300,
+                                by_kernels={"vnni": vnni, "avx2": agreement})
     with_formats = models.ModelCard(card().arch, card().classes, card().eval, formats={"openvino_int8": int8})
     models.write_card(tmp_path, with_formats)
     loaded = models.load_card(tmp_path)
     assert loaded.formats["openvino_int8"] == int8
     assert loaded.formats["openvino_int8"].agreement.accuracy_drop == pytest.approx(0.02)
+    assert loaded.formats["openvino_int8"].agreement_on("vnni") == vnni
+    assert loaded.formats["openvino_int8"].agreement_on("aarch64") == agreement  # not measured: the lowest
+    older = with_formats.to_dict()
+    del older["formats"]["openvino_int8"]["agreement_by_kernels"]  # a card written before kernels were told
+    (tmp_path / "model.json").write_text(json.dumps(older))
+    assert models.load_card(tmp_path).formats["openvino_int8"].agreement_on("vnni") == agreement
     older = with_formats.to_dict()
     del older["formats"]  # a card written before formats existed
     (tmp_path / "model.json").write_text(json.dumps(older))

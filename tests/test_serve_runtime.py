@@ -30,7 +30,7 @@ def probe(card):
 
 def with_int8_agreement(card, **numbers):
     agreement = Agreement(**{"images": 200, "top1_agreement": 0.995, "accuracy": 0.9, "fp32_accuracy": 0.902, **numbers})
-    int8 = replace(card.formats["openvino_int8"], agreement=agreement)
+    int8 = replace(card.formats["openvino_int8"], agreement=agreement, by_kernels={})  # as before kernels were told
     return replace(card, formats={**card.formats, "openvino_int8": int8})
 
 
@@ -68,6 +68,23 @@ def test_auto_serves_fp32_when_bf16_fails_to_run(exported, caplog):
     with mock.patch.object(RunnerFactory, "bf16", side_effect=RuntimeError("no bf16 primitives")):
         assert choose(model_dir, with_int8_agreement(card, top1_agreement=0.5), bf16=True).name == "openvino fp32"
     assert "bfloat16 failed to run: no bf16 primitives" in caplog.text
+
+
+def test_auto_reads_the_agreement_measured_with_this_cpus_int8_kernels(exported, caplog):
+    """A copy can keep float32's answers with exact int32 sums (vnni) and miss with AVX2's saturating
+    ones: each CPU judges it by the number for its own arithmetic, or by the lowest where that was
+    not measured."""
+    model_dir, _, card, _ = exported
+    vnni, avx2 = (Agreement(300, share, 0.67, 0.67) for share in (0.9933, 0.9867))
+    int8 = replace(card.formats["openvino_int8"], agreement=avx2, by_kernels={"vnni": vnni, "avx2": avx2})
+    card = replace(card, formats={**card.formats, "openvino_int8": int8})
+    caplog.set_level(logging.INFO)
+    for kernels, served in (("vnni", "openvino int8"), ("avx2", "openvino fp32"), ("aarch64", "openvino fp32")):
+        with mock.patch.object(runtime, "int8_kernels", return_value=kernels):
+            assert choose(model_dir, card).name == served
+    assert "int8, top-1 agreement 99.33%" in caplog.text and "with vnni kernels, as this CPU's" in caplog.text
+    assert "98.67% and accuracy 67.00% (float32 67.00%) on 300 validation images with avx2 kernels" in caplog.text
+    assert "the lowest of vnni, avx2 kernels; this CPU's aarch64 were not measured" in caplog.text
 
 
 def test_auto_on_a_torch_artifact_takes_bf16_where_it_agrees(tmp_path, caplog):

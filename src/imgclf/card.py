@@ -65,16 +65,25 @@ class Agreement:
 @dataclass(frozen=True)
 class ServingFormat:
     """A copy of the network in another runtime's format, stored in the artifact: `file` is
-    relative to the model dir; `agreement` is None when it was never checked on labelled images."""
+    relative to the model dir; `agreement` is None when it was never checked on labelled images.
+    An int8 copy's answers depend on the CPU's int8 arithmetic (int8_kernels.py): `by_kernels`
+    holds its agreement with each kind it was checked on, and `agreement` is the lowest of them."""
 
     file: str
     precision: str  # fp32 or int8
     agreement: Agreement | None = None
     calibration_images: int = 0  # int8: images its activation ranges were measured on
+    by_kernels: dict[str, Agreement] = field(default_factory=dict)
+
+    def agreement_on(self, kernels: str) -> Agreement | None:
+        """The agreement measured with `kernels`, else the lowest measured."""
+        return self.by_kernels.get(kernels, self.agreement)
 
     def to_dict(self) -> dict:
         d = {"file": self.file, "precision": self.precision,
              "agreement": self.agreement.to_dict() if self.agreement else None}
+        if self.by_kernels:
+            d["agreement_by_kernels"] = {kernels: a.to_dict() for kernels, a in self.by_kernels.items()}
         if self.calibration_images:
             d["calibration_images"] = self.calibration_images
         return d
@@ -82,7 +91,8 @@ class ServingFormat:
     @classmethod
     def from_dict(cls, d: dict) -> ServingFormat:
         agreement = Agreement.from_dict(d["agreement"]) if d.get("agreement") else None
-        return cls(str(d["file"]), str(d["precision"]), agreement, int(d.get("calibration_images", 0)))
+        by_kernels = {kernels: Agreement.from_dict(a) for kernels, a in (d.get("agreement_by_kernels") or {}).items()}
+        return cls(str(d["file"]), str(d["precision"]), agreement, int(d.get("calibration_images", 0)), by_kernels)
 
 
 @dataclass(frozen=True)

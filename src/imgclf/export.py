@@ -11,8 +11,8 @@ At the end of training (`export_serving_formats`):
                                      for a copy without the int8 IR; serve/runtime.py)
 
 Each is checked against the float32 torch network on the validation set (top-1 agreement and
-accuracy) and recorded in `model.json` (`ModelCard.formats`); serving picks from them
-(serve/runtime.py). IR files are an XML graph and raw weights: loading them runs no pickle.
+accuracy; the int8 copy with each kind of int8 arithmetic this machine can run, int8_kernels.py)
+and recorded in `model.json` (`ModelCard.formats`); serving picks from them (serve/runtime.py). IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
 torch weights, with one log line. Reading and compiling IR files is openvino_runtime.py's (torch-free).
@@ -22,6 +22,7 @@ see signalstack.py for why.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import logging
@@ -37,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset, IterableDataset, Subset
 
 from .data import make_loader
+from .int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
 from .model import Agreement, ModelCard, ServingFormat, write_card
 from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model,  # noqa: F401
                                openvino_available, read_model)
@@ -188,20 +190,46 @@ def pixel_batches(dataset: Dataset, limit: int, seed: int = 0) -> Iterator[tuple
             yield images, labels
 
 
-def agreement(reference: nn.Module, compiled, validation: Dataset, limit: int = MAX_VALIDATION_IMAGES) -> Agreement:
-    """`compiled` (an OpenVINO compiled model) against the float32 torch network on labelled images."""
-    same = correct = correct_fp32 = seen = 0
+def agreements(reference: nn.Module, runners: list, validation: Dataset,
+               limit: int = MAX_VALIDATION_IMAGES) -> list[Agreement]:
+    """Each runner (an OpenVINO compiled model, or anything called like one) against the float32
+    torch network on the same labelled images."""
+    same, correct = [0] * len(runners), [0] * len(runners)
+    correct_fp32 = seen = 0
     with torch.inference_mode():
         for pixels, labels in pixel_batches(validation, limit):
             fp32 = reference(pixels).argmax(1)
-            other = torch.from_numpy(compiled(pixels.numpy())[0]).argmax(1)
-            same += int((fp32 == other).sum())
-            correct += int((other == labels).sum())
+            for i, runner in enumerate(runners):
+                other = torch.from_numpy(np.asarray(runner(pixels.numpy())[0]).argmax(1))
+                same[i] += int((fp32 == other).sum())
+                correct[i] += int((other == labels).sum())
             correct_fp32 += int((fp32 == labels).sum())
             seen += len(labels)
     if not seen:
-        return Agreement(0, 0.0, 0.0, 0.0)
-    return Agreement(seen, same / seen, correct / seen, correct_fp32 / seen)
+        return [Agreement(0, 0.0, 0.0, 0.0) for _ in runners]
+    return [Agreement(seen, s / seen, c / seen, correct_fp32 / seen) for s, c in zip(same, correct)]
+
+
+def agreement(reference: nn.Module, compiled, validation: Dataset, limit: int = MAX_VALIDATION_IMAGES) -> Agreement:
+    """`compiled` (an OpenVINO compiled model) against the float32 torch network on labelled images."""
+    return agreements(reference, [compiled], validation, limit)[0]
+
+
+def check_formats(reference: nn.Module, fp32, int8_ir: Path, validation: Dataset) -> tuple[Agreement, dict]:
+    """The float32 copy's agreement, and the int8 copy's with each kind of int8 kernels this machine
+    can run (int8_kernels.py): its own, and on a "vnni" CPU "avx2" in a capped child process."""
+    own = int8_kernels()
+    int8 = {own: compile_model(read_model(int8_ir))}
+    with contextlib.ExitStack() as children:
+        if own == VNNI:
+            int8[AVX2] = children.enter_context(AVX2Runner(int8_ir))
+        try:
+            fp32_checked, *int8_checked = agreements(reference, [compile_model(fp32), *int8.values()], validation)
+        except RuntimeError as e:  # the child failed: this CPU's own kernels still tell
+            log.warning("int8 not checked with %s kernels: %s", AVX2, e)
+            del int8[AVX2]
+            fp32_checked, *int8_checked = agreements(reference, [compile_model(fp32), *int8.values()], validation)
+    return fp32_checked, dict(zip(int8, int8_checked))
 
 
 def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, calibration: Dataset,
@@ -220,14 +248,16 @@ def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, c
     fp32 = to_openvino(model, card.eval.crop_size)
     batches = [pixels.numpy() for pixels, _ in pixel_batches(calibration, calibration_images)]
     int8 = quantize_to_agreement(fp32, batches, model, validation)
-    formats = {}
-    for name, ov_model, extra in ((FP32_FORMAT, fp32, {}),
-                                  (INT8_FORMAT, int8, {"calibration_images": sum(map(len, batches))})):
+    for name, ov_model in ((FP32_FORMAT, fp32), (INT8_FORMAT, int8)):
         save_model(ov_model, model_dir / FILES[name])
-        checked = agreement(model, compile_model(ov_model), validation)
-        formats[name] = ServingFormat(FILES[name], "int8" if name == INT8_FORMAT else "fp32", checked, **extra)
-        log.info("%s: %s", name, checked)
-    card = replace(card, formats=formats)
+    fp32_checked, int8_checked = check_formats(model, fp32, model_dir / FILES[INT8_FORMAT], validation)
+    log.info("%s: %s", FP32_FORMAT, fp32_checked)
+    for kernels, checked in int8_checked.items():
+        log.info("%s with %s kernels: %s", INT8_FORMAT, kernels, checked)
+    lowest = min(int8_checked.values(), key=lambda a: (a.top1_agreement, -a.accuracy_drop))
+    card = replace(card, formats={
+        FP32_FORMAT: ServingFormat(FILES[FP32_FORMAT], "fp32", fp32_checked),
+        INT8_FORMAT: ServingFormat(FILES[INT8_FORMAT], "int8", lowest, sum(map(len, batches)), int8_checked)})
     write_card(model_dir, card)
     log.info("OpenVINO formats written to %s in %.0f s", model_dir, time.perf_counter() - start)
     return card

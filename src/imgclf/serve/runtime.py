@@ -14,7 +14,8 @@ class probabilities (numpy). Two kinds:
 `IMGCLF_PRECISION` chooses (`choose_runner`):
 
 - `auto`: int8 when its recorded agreement with float32 on the validation set meets the threshold
-  (IMGCLF_INT8_MIN_AGREEMENT, IMGCLF_INT8_MAX_ACCURACY_DROP), else bfloat16 where the processor
+  (IMGCLF_INT8_MIN_AGREEMENT, IMGCLF_INT8_MAX_ACCURACY_DROP): the agreement measured with this
+  CPU's kind of int8 arithmetic (int8_kernels.py), or the lowest recorded where it was not; else bfloat16 where the processor
   has it and a probe batch gives the same answers as float32, else float32. It logs its choice
   with the numbers it used.
 - `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
@@ -33,8 +34,9 @@ import numpy as np
 from PIL import Image
 
 from .. import openvino_runtime as openvino
-from ..card import ModelCard, ModelError, load_card
+from ..card import ModelCard, ModelError, ServingFormat, load_card
 from ..images import EvalTransform, load_rgb
+from ..int8_kernels import int8_kernels
 from ..names import CALIBRATION_DIR
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,15 @@ class RunnerFactory:
         return OpenVinoRunner(openvino.compile_model(ov_model, threads=self.threads, precision_hint=hint), label)
 
 
+def measured_with(int8: ServingFormat, kernels: str) -> str:
+    """Which int8 kernels the agreement in use was measured with, for the log."""
+    if not int8.by_kernels:
+        return ""  # an artifact from before they were recorded
+    if kernels in int8.by_kernels:
+        return f" with {kernels} kernels, as this CPU's"
+    return f" (the lowest of {', '.join(int8.by_kernels)} kernels; this CPU's {kernels} were not measured)"
+
+
 def choose_runner(precision: str, factory: RunnerFactory, probe: np.ndarray,
                   min_agreement: float, max_accuracy_drop: float) -> Runner:
     """The runner for IMGCLF_PRECISION=`precision` (see the module's docstring); logs why."""
@@ -210,11 +221,13 @@ def choose_runner(precision: str, factory: RunnerFactory, probe: np.ndarray,
         reason = "the artifact has no int8 model" if factory.device == "cpu" else "int8 runs on CPUs only"
     elif not openvino.openvino_available():
         reason = "OpenVINO is not installed"
-    elif int8.agreement is None or not int8.agreement.meets(min_agreement, max_accuracy_drop):
-        reason = f"int8 {int8.agreement or 'was never checked on labelled images'} misses the threshold"
+    elif (checked := int8.agreement_on(kernels := int8_kernels())) is None:
+        reason = "int8 was never checked on labelled images"
+    elif not checked.meets(min_agreement, max_accuracy_drop):
+        reason = f"int8 {checked}{measured_with(int8, kernels)} misses the threshold"
     else:
-        log.info("precision auto: int8, %s (threshold: agreement >= %.1f%%, accuracy drop <= %.1f points)",
-                 int8.agreement, 100 * min_agreement, 100 * max_accuracy_drop)
+        log.info("precision auto: int8, %s%s (threshold: agreement >= %.1f%%, accuracy drop <= %.1f points)",
+                 checked, measured_with(int8, kernels), 100 * min_agreement, 100 * max_accuracy_drop)
         return factory.int8()
     fp32 = factory.fp32()
     if not factory.bf16_supported():
