@@ -146,6 +146,31 @@ def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(
     assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
 
 
+@pytest.mark.slow
+def test_accuracy_control_never_ends_below_the_plain_int8_copy(exported, monkeypatch):
+    """NNCF returns its last iteration's copy, which can agree less than where it started: then the
+    plain copy is what comes back (here NNCF's answer is replaced by a copy calibrated on black images)."""
+    import nncf
+
+    model_dir, model, card, valid = exported
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
+    answers = export.reference_answers(model, valid)
+    worse = export.quantize(fp32, [0 * batches[0]])
+    real = nncf.quantize_with_accuracy_control
+
+    def ends_worse(*args, **kwargs):
+        real(*args, **kwargs)  # leaves the plain copy in intermediate_model_dir
+        return worse
+
+    plain = export.top1_agreement(export.compile_model(export.quantize(fp32, batches)), answers)[0]
+    assert export.top1_agreement(export.compile_model(worse), answers)[0] < plain  # else this test shows nothing
+    monkeypatch.setattr(nncf, "quantize_with_accuracy_control", ends_worse)
+    int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
+    assert export.top1_agreement(export.compile_model(int8), answers)[0] == plain
+    assert quantized_tensors(int8) == quantized_tensors(export.quantize(fp32, batches))
+
+
 def quantized_tensors(ov_model) -> int:
     """Activation quantizers and int8 weights: what a layer put back to float32 loses."""
     return sum(op.get_type_name() == "FakeQuantize" or (op.get_type_name() == "Constant"
