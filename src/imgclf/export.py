@@ -12,7 +12,8 @@ At the end of training (`export_serving_formats`):
 
 Each is checked against the float32 torch network on the validation set (top-1 agreement and
 accuracy; the int8 copy with each kind of int8 arithmetic this machine can run, int8_kernels.py)
-and recorded in `model.json` (`ModelCard.formats`); serving picks from them (serve/runtime.py). IR files are an XML graph and raw weights: loading them runs no pickle.
+and recorded in `model.json` (`ModelCard.formats`); serving picks from them (serve/runtime.py).
+IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
 torch weights, with one log line. Reading and compiling IR files is openvino_runtime.py's (torch-free).
@@ -136,10 +137,10 @@ def quantize_to_agreement(ov_model, batches: list[np.ndarray], reference: nn.Mod
         finally:
             keep_signal_stack()
         plain = read_model(Path(plain_dir) / "intermediate_model.xml")  # before any layer went back
-        restored, plain = (top1_agreement(compile_model(m), answers)[0] for m in (int8, plain))
+        restored_share, plain_share = (top1_agreement(compile_model(m), answers)[0] for m in (int8, plain))
     log.info("int8 quantized with accuracy control in %.0f s: top-1 agreement %.2f%% (plain int8 %.2f%%)",
-             time.perf_counter() - start, 100 * restored, 100 * plain)
-    if restored >= plain:
+             time.perf_counter() - start, 100 * restored_share, 100 * plain_share)
+    if restored_share >= plain_share:
         return int8
     log.info("keeping the plain int8 copy")
     return quantize(ov_model, batches)  # the same copy, its weights stored as int8 (NNCF kept them float there)

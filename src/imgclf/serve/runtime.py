@@ -15,9 +15,9 @@ class probabilities (numpy). Two kinds:
 
 - `auto`: int8 when its recorded agreement with float32 on the validation set meets the threshold
   (IMGCLF_INT8_MIN_AGREEMENT, IMGCLF_INT8_MAX_ACCURACY_DROP): the agreement measured with this
-  CPU's kind of int8 arithmetic (int8_kernels.py), or the lowest recorded where it was not; else bfloat16 where the processor
-  has it and a probe batch gives the same answers as float32, else float32. It logs its choice
-  with the numbers it used.
+  CPU's kind of int8 arithmetic (int8_kernels.py), or the lowest recorded where it was not; else
+  bfloat16 where the processor has it and a probe batch gives the same answers as float32, else
+  float32. It logs its choice with the numbers it used.
 - `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
   start-up on the training images stored in it (calibration/; slower start, agreement unchecked),
   and one without those either is refused.
