@@ -27,7 +27,7 @@ processes on the machine hits them alike.
     .venv/bin/python bench/bench_serve.py                          # ~15 min on 2 cores
     .venv/bin/python bench/bench_serve.py --model-dir DIR          # your own resnet50 artifact
     .venv/bin/python bench/bench_serve.py --pretrain-epochs 8 --train-per-class 200 --train-epochs 2
-                                            # fine-tuned from a ResNet50 trained on other photos (~80 min)
+                                            # fine-tuned from a ResNet50 trained on other photos (~60 min)
     .venv/bin/python bench/bench_serve.py --aws-venv ''            # skip AWS's stack
     .venv/bin/python bench/bench_serve.py --aws-as-shipped         # also AWS's stack without OMP_NUM_THREADS
 
