@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from imgclf import export
+from imgclf import export, quantize
 from imgclf.model import (ModelCard, ServingFormat, create_model, find_imagenet_weights, load_card, normalisation,
                           save_artifact, write_card)
 from imgclf.presets import EvalSettings
@@ -121,7 +121,7 @@ def int8_two_fold(model_dir: Path, card: ModelCard, photos: list[Path], threads:
         batch = h.preprocess([{"body": p.read_bytes()} for p in calibrate], Context(model_dir, len(calibrate)))
         fold = model_dir.parent / f"fold{len(answers)}"
         shutil.copytree(model_dir, fold, dirs_exist_ok=True)
-        export.save_model(export.quantize(fp32, [x[None] for x in batch.pixels]), fold / "model_int8.xml")
+        export.save_model(quantize.quantize(fp32, [x[None] for x in batch.pixels]), fold / "model_int8.xml")
         write_card(fold, replace(card, formats={**card.formats, export.INT8_FORMAT: ServingFormat(
             "model_int8.xml", "int8", None, calibration_images=len(calibrate))}))
         probs, name = serve(fold, "int8", answer, threads)

@@ -7,9 +7,9 @@ import torch
 from conftest import make_image_folder
 from torch.utils.data import Subset
 
-from imgclf import export
+from imgclf import export, quantize
 from imgclf.data import ImageFolderDataset, find_classes
-from imgclf.int8_kernels import AVX2, VNNI, int8_kernels
+from imgclf.int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
 from imgclf.model import ModelCard, create_model, load_card, save_artifact
 from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
 
@@ -140,10 +140,10 @@ def test_accuracy_aware_quantization_meets_the_agreement_that_plain_int8_misses(
     fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
     batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
     answers = export.reference_answers(model, valid)
-    plain, _ = export.top1_agreement(export.compile_model(export.quantize(fp32, batches)), answers)
+    plain, _ = quantize.top1_agreement(export.compile_model(quantize.quantize(fp32, batches)), answers)
     assert plain < 1.0  # else this test shows nothing
-    int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
-    assert export.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
+    int8 = quantize.quantize_to_agreement(fp32, batches, answers, min_agreement=1.0)
+    assert quantize.top1_agreement(export.compile_model(int8), answers)[0] == 1.0
 
 
 @pytest.mark.slow
@@ -156,19 +156,64 @@ def test_accuracy_control_never_ends_below_the_plain_int8_copy(exported, monkeyp
     fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
     batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
     answers = export.reference_answers(model, valid)
-    worse = export.quantize(fp32, [0 * batches[0]])
+    worse = quantize.quantize(fp32, [0 * batches[0]])
     real = nncf.quantize_with_accuracy_control
 
     def ends_worse(*args, **kwargs):
         real(*args, **kwargs)  # leaves the plain copy in intermediate_model_dir
         return worse
 
-    plain = export.top1_agreement(export.compile_model(export.quantize(fp32, batches)), answers)[0]
-    assert export.top1_agreement(export.compile_model(worse), answers)[0] < plain  # else this test shows nothing
+    plain = quantize.top1_agreement(export.compile_model(quantize.quantize(fp32, batches)), answers)[0]
+    assert quantize.top1_agreement(export.compile_model(worse), answers)[0] < plain  # else this test shows nothing
     monkeypatch.setattr(nncf, "quantize_with_accuracy_control", ends_worse)
-    int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
-    assert export.top1_agreement(export.compile_model(int8), answers)[0] == plain
-    assert quantized_tensors(int8) == quantized_tensors(export.quantize(fp32, batches))
+    int8 = quantize.quantize_to_agreement(fp32, batches, answers, min_agreement=1.0)
+    assert quantize.top1_agreement(export.compile_model(int8), answers)[0] == plain
+    assert quantized_tensors(int8) == quantized_tensors(quantize.quantize(fp32, batches))
+
+
+@pytest.mark.slow
+def test_accuracy_control_in_the_avx2_child_meets_the_agreement_with_avx2_kernels(exported, tmp_path, capfd):
+    """The child gets the network, the calibration batches, the answers and the threshold, and
+    judges with AVX2's arithmetic: its copy keeps all answers when run with AVX2 kernels."""
+    model_dir, model, card, valid = exported
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    batches = [pixels.numpy() for pixels, _ in export.pixel_batches(valid, 12)]
+    answers = export.reference_answers(model, valid)
+    export.save_model(quantize.quantize(fp32, batches), tmp_path / "plain.xml")
+    with AVX2Runner(tmp_path / "plain.xml") as plain:  # else this test shows nothing
+        assert quantize.top1_agreement(plain, answers)[0] < 1.0
+    int8 = quantize.quantize_with_avx2_kernels(fp32, batches, answers, min_agreement=1.0)
+    assert "accuracy control with avx2 kernels (ONEDNN_MAX_CPU_ISA=AVX2)" in capfd.readouterr().out
+    export.save_model(int8, tmp_path / "int8.xml")
+    with AVX2Runner(tmp_path / "int8.xml") as restored:
+        assert quantize.top1_agreement(restored, answers)[0] == 1.0
+
+
+def test_a_failing_avx2_child_is_a_clear_error(exported, monkeypatch):
+    model_dir, _, card, _ = exported
+    fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
+    monkeypatch.setattr(sys, "executable", "false")
+    with pytest.raises(RuntimeError, match=r"quantizing with AVX2 kernels failed \(exit 1\)"):
+        quantize.quantize_with_avx2_kernels(fp32, [], [], min_agreement=1.0)
+
+
+@pytest.mark.parametrize("kernels, child_fails, quantized_by", [
+    (VNNI, False, "the avx2 child"), (VNNI, True, "this process"), (AVX2, False, "this process"),
+    ("aarch64", False, "this process")])
+def test_accuracy_control_runs_with_avx2_kernels_on_a_vnni_cpu(monkeypatch, caplog, kernels, child_fails, quantized_by):
+    """AVX2's sums saturate where VNNI's do not, so a copy good enough there is good enough on both;
+    a failing child leaves this CPU's own kernels, with a warning."""
+    def child(*args):
+        if child_fails:
+            raise RuntimeError("quantizing with AVX2 kernels failed (exit 1)")
+        return "the avx2 child"
+
+    monkeypatch.setattr(export, "int8_kernels", lambda: kernels)
+    monkeypatch.setattr(export, "quantize_with_avx2_kernels", child)
+    monkeypatch.setattr(export, "quantize_to_agreement", lambda *args: "this process")
+    assert export.quantize_for_serving("ir", [], []) == quantized_by
+    assert ("quantizing with AVX2 kernels failed (exit 1); quantizing with this CPU's vnni kernels" in caplog.text) \
+        == child_fails
 
 
 def quantized_tensors(ov_model) -> int:
@@ -190,12 +235,12 @@ def test_accuracy_control_puts_back_at_most_max_float32_groups(exported, tmp_pat
     answers = export.reference_answers(model, valid)
 
     def quantized_ops(max_groups: int) -> tuple[int, float]:
-        monkeypatch.setattr(export, "MAX_FLOAT32_GROUPS", max_groups)
-        int8 = export.quantize_to_agreement(fp32, batches, model, valid, min_agreement=1.0)
-        return quantized_tensors(int8), export.top1_agreement(export.compile_model(int8), answers)[0]
+        monkeypatch.setattr(quantize, "MAX_FLOAT32_GROUPS", max_groups)
+        int8 = quantize.quantize_to_agreement(fp32, batches, answers, min_agreement=1.0)
+        return quantized_tensors(int8), quantize.top1_agreement(export.compile_model(int8), answers)[0]
 
     (one, agreement), (three, _) = quantized_ops(1), quantized_ops(3)
-    assert quantized_tensors(export.quantize(fp32, batches)) > one > three > 0
+    assert quantized_tensors(quantize.quantize(fp32, batches)) > one > three > 0
     assert agreement < 1.0  # stopped short of the threshold
 
 
@@ -235,9 +280,9 @@ def test_signals_are_handled_after_openvino_plugins_went_in_any_order():
 def test_the_image_exports_and_runs_the_int8_model(docker_image):
     """The image's one venv holds OpenVINO and NNCF beside the training pins, and they work there."""
     script = (
-        "import numpy, torch; from imgclf import export; from imgclf.model import create_model; "
+        "import numpy, torch; from imgclf import export, quantize; from imgclf.model import create_model; "
         "fp32 = export.to_openvino(create_model('resnet18', 3).eval(), 32); "
-        "int8 = export.quantize(fp32, [numpy.random.rand(4, 3, 32, 32).astype('float32')]); "
+        "int8 = quantize.quantize(fp32, [numpy.random.rand(4, 3, 32, 32).astype('float32')]); "
         "print('int8 answers', export.compile_model(int8)(numpy.zeros((2, 3, 32, 32), 'float32'))[0].shape)"
     )
     proc = subprocess.run(["docker", "run", "--rm", docker_image, "sh", "-c", f"pip check && python -c \"{script}\""],

@@ -7,6 +7,7 @@ At the end of training (`export_serving_formats`):
                                      (NNCF), calibrated on a few hundred training images; where
                                      that keeps too few of float32's answers, accuracy-aware
                                      quantization leaves the most sensitive layers in float32
+                                     (quantize.py)
     calibration/*.jpg                a few training images (int8 calibration at serving start-up
                                      for a copy without the int8 IR; serve/runtime.py)
 
@@ -17,9 +18,6 @@ IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the
 torch weights, with one log line. Reading and compiling IR files is openvino_runtime.py's (torch-free).
-
-Every OpenVINO call that may start its CPU plugin is followed by `signalstack.keep_signal_stack()`:
-see signalstack.py for why.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ import contextlib
 import copy
 import itertools
 import logging
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,21 +40,18 @@ from .data import make_loader
 from .int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
 from .model import Agreement, ModelCard, ServingFormat, write_card
 from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model,  # noqa: F401
-                               openvino_available, read_model)
+                               openvino_available, read_model, save_model)
+from .quantize import Answers, quantize_to_agreement, quantize_with_avx2_kernels
 from .names import CALIBRATION_DIR
 from .serve.profiles import INT8_MIN_AGREEMENT
-from .signalstack import keep_signal_stack
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_IMAGES = 300  # NNCF's default subset size; more rarely changes the ranges it finds
-FULL_BIAS_CORRECTION_IMAGES = 100
 MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
 STORED_CALIBRATION_IMAGES = 32
 ACCURACY_CONTROL_IMAGES = 300  # validation images that accuracy-aware quantization compares on
-RANKING_IMAGES = 64  # of those, the ones it ranks layers on: the most changed by int8 (NNCF picks them)
-MAX_FLOAT32_GROUPS = 10  # groups of layers put back to float32 at most: bounds the time it takes
 
 
 def to_openvino(model: nn.Module, crop_size: int):
@@ -71,84 +65,23 @@ def to_openvino(model: nn.Module, crop_size: int):
         return ov.convert_model(model, example_input=example, input=[(-1, 3, crop_size, crop_size)])
 
 
-def quantization_settings(batches: list[np.ndarray]) -> dict:
-    """NNCF's settings for post-training static int8 quantization on CPUs: symmetric weights per
-    channel, activation ranges measured on every calibration batch, and bias correction: the full
-    one from FULL_BIAS_CORRECTION_IMAGES calibration images on (on the bundled Fashion-MNIST sample,
-    112 images, it kept 48 of 48 top-1 answers where the fast one kept 46), the fast one below that
-    (from 10 photos the full one estimated worse: 18 of 20 ImageNet photos kept instead of 19)."""
-    import nncf
-
-    nncf.set_log_level(logging.WARNING)
-    return dict(calibration_dataset=nncf.Dataset(batches), subset_size=len(batches),
-                target_device=nncf.TargetDevice.CPU, preset=nncf.QuantizationPreset.PERFORMANCE,
-                fast_bias_correction=sum(map(len, batches)) < FULL_BIAS_CORRECTION_IMAGES)
-
-
-def quantize(ov_model, batches: list[np.ndarray]):
-    """Post-training static int8 quantization with NNCF (`quantization_settings`)."""
-    import nncf
-
-    try:
-        return nncf.quantize(ov_model, **quantization_settings(batches))
-    finally:
-        keep_signal_stack()
-
-
-def reference_answers(reference: nn.Module, validation: Dataset) -> list[tuple[np.ndarray, np.ndarray]]:
+def reference_answers(reference: nn.Module, validation: Dataset) -> Answers:
     """(pixels, float32 top-1) batches of up to ACCURACY_CONTROL_IMAGES validation images."""
     with torch.inference_mode():
         return [(pixels.numpy(), reference(pixels).argmax(1).numpy())
                 for pixels, _ in pixel_batches(validation, ACCURACY_CONTROL_IMAGES)]
 
 
-def top1_agreement(compiled, answers: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, None]:
-    """The share of float32's top-1 answers that `compiled` gives (NNCF's validation_fn shape)."""
-    same = sum(int((np.asarray(compiled(pixels)[0]).argmax(1) == top1).sum()) for pixels, top1 in answers)
-    return same / max(1, sum(len(top1) for _, top1 in answers)), None
-
-
-def quantize_to_agreement(ov_model, batches: list[np.ndarray], reference: nn.Module, validation: Dataset,
-                          min_agreement: float = INT8_MIN_AGREEMENT):
-    """`quantize` with NNCF's accuracy control: where the int8 copy's top-1 agreement with float32 on
-    validation images is below `min_agreement`, it ranks the groups of quantized layers by how much
-    they change the answers and puts the worst back to float32, one group per iteration, until the
-    agreement is met or MAX_FLOAT32_GROUPS iterations have run (the copy is then recorded below the
-    threshold, and `auto` serves float32). Ranking compiles and evaluates the model once per group
-    (55 on a ResNet50), and again after a step that made things worse: RANKING_IMAGES keep that short.
-    NNCF returns the copy of its last iteration, which can agree less than the plain int8 copy it
-    started from (seen: 97.00 % against 98.33 %): the plain one is made again and kept then."""
-    import nncf
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-    answers = reference_answers(reference, validation)
-    if not answers:
-        return quantize(ov_model, batches)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as plain_dir:
-        bounds = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_FLOAT32_GROUPS, num_ranking_workers=1,
-                                                    ranking_subset_size=max(1, RANKING_IMAGES // BATCH),
-                                                    intermediate_model_dir=plain_dir)
+def quantize_for_serving(ov_model, batches: list[np.ndarray], answers: Answers):
+    """The int8 copy, brought to INT8_MIN_AGREEMENT where it can be (quantize.py): on a "vnni" CPU
+    with "avx2" kernels, the kind whose saturating sums change more answers; in this process if that
+    child fails, or on other CPUs."""
+    if int8_kernels() == VNNI:
         try:
-            int8 = nncf.quantize_with_accuracy_control(
-                ov_model, validation_dataset=nncf.Dataset(answers, lambda item: item[0]), validation_fn=top1_agreement,
-                max_drop=1 - min_agreement, drop_type=nncf.DropType.ABSOLUTE,
-                advanced_accuracy_restorer_parameters=bounds, **quantization_settings(batches))
-        finally:
-            keep_signal_stack()
-        restored_share = top1_agreement(compile_model(int8), answers)[0]
-        if restored_share >= min_agreement:  # met, by the plain copy itself or after layers went back
-            log.info("int8 quantized with accuracy control in %.0f s: top-1 agreement %.2f%%",
-                     time.perf_counter() - start, 100 * restored_share)
-            return int8
-        plain = read_model(Path(plain_dir) / "intermediate_model.xml")  # before any layer went back
-        plain_share = top1_agreement(compile_model(plain), answers)[0]
-    log.info("int8 quantized with accuracy control in %.0f s: top-1 agreement %.2f%% (plain int8 %.2f%%)",
-             time.perf_counter() - start, 100 * restored_share, 100 * plain_share)
-    if restored_share >= plain_share:
-        return int8
-    log.info("keeping the plain int8 copy")
-    return quantize(ov_model, batches)  # the same copy, its weights stored as int8 (NNCF kept them float there)
+            return quantize_with_avx2_kernels(ov_model, batches, answers, INT8_MIN_AGREEMENT)
+        except RuntimeError as e:
+            log.warning("%s; quantizing with this CPU's %s kernels", e, VNNI)
+    return quantize_to_agreement(ov_model, batches, answers, INT8_MIN_AGREEMENT)
 
 
 def store_calibration_images(model_dir: Path, dataset: Dataset, resize_size: int,
@@ -175,12 +108,6 @@ def store_calibration_images(model_dir: Path, dataset: Dataset, resize_size: int
         img.save(out / f"{stored:02d}.jpg", quality=95)
         stored += 1
     return stored
-
-
-def save_model(ov_model, path: Path) -> None:
-    import openvino as ov
-
-    ov.save_model(ov_model, str(path), compress_to_fp16=False)  # the default would halve weights to fp16
 
 
 def with_transform(dataset: Dataset, transform) -> Dataset:
@@ -264,7 +191,7 @@ def export_serving_formats(model_dir: Path, model: nn.Module, card: ModelCard, c
     model_dir = Path(model_dir)
     fp32 = to_openvino(model, card.eval.crop_size)
     batches = [pixels.numpy() for pixels, _ in pixel_batches(calibration, calibration_images)]
-    int8 = quantize_to_agreement(fp32, batches, model, validation)
+    int8 = quantize_for_serving(fp32, batches, reference_answers(model, validation))
     for name, ov_model in ((FP32_FORMAT, fp32), (INT8_FORMAT, int8)):
         save_model(ov_model, model_dir / FILES[name])
     fp32_checked, int8_checked = check_formats(model, fp32, model_dir / FILES[INT8_FORMAT], validation)

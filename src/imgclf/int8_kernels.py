@@ -10,7 +10,8 @@ So one int8 IR can keep different shares of float32's answers on the two: a ResN
 of 300 with "vnni" kernels and 98.67 % with "avx2" ones. Training measures the int8 copy with its
 own kernels and, on a "vnni" CPU, with "avx2" ones in a child process capped by oneDNN's
 ONEDNN_MAX_CPU_ISA=AVX2 (`AVX2Runner`, export.py); model.json records each, and serving reads the
-one for its CPU (serve/runtime.py). Other machines (arm64) are their own kind, named by `platform`.
+one for its CPU (serve/runtime.py). On such a CPU accuracy control runs with "avx2" kernels too
+(quantize.py). Other machines (arm64) are their own kind, named by `platform`.
 Torch-free: the CPU image serves with this.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo names of e
 # ONEDNN_MAX_CPU_ISA values that leave oneDNN (and OpenVINO's CPU plugin) without those
 CAPS_WITHOUT_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE"}
 CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+AVX2_ENVIRON = {CAP_ENV: "AVX2"}  # what a child process adds to run with "avx2" kernels on any x86 CPU
 
 
 def cpu_flags() -> set[str]:
@@ -80,7 +82,7 @@ class AVX2Runner:
     (`runner(pixels)[0]` are the logits). Close it, or use it in a `with` block."""
 
     def __init__(self, ir: Path):
-        env = {**os.environ, CAP_ENV: "AVX2"}
+        env = {**os.environ, **AVX2_ENVIRON}
         self.process = subprocess.Popen([sys.executable, "-m", __name__, str(ir)], env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 

@@ -50,6 +50,12 @@ def read_model(path: Path):
     return ov.Core().read_model(str(path))
 
 
+def save_model(ov_model, path: Path) -> None:
+    import openvino as ov
+
+    ov.save_model(ov_model, str(path), compress_to_fp16=False)  # the default would halve weights to fp16
+
+
 def bf16_supported() -> bool:
     """Whether OpenVINO's CPU plugin has bfloat16 kernels on this processor."""
     import openvino as ov

@@ -185,14 +185,14 @@ class RunnerFactory:
         if not (torch_available() and openvino.openvino_available(calibration=True)):
             raise RuntimeError("IMGCLF_PRECISION=int8 on an artifact without an int8 model needs OpenVINO, NNCF and "
                                "torch (the full image, or pip install 'imgclf[openvino]')")
-        from .. import export
+        from .. import export, quantize
 
         fp32 = (openvino.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
                 else export.to_openvino(self.torch(autocast=False).model, self.card.eval.crop_size))
         photos = calibration_photos(self.model_dir, EvalTransform(self.card.eval))
         log.warning("the artifact has no int8 model: quantizing at start-up on its %d calibration images; its "
                     "agreement with float32 is unchecked", len(photos))
-        int8 = export.quantize(fp32, [photos[i:i + 8] for i in range(0, len(photos), 8)])
+        int8 = quantize.quantize(fp32, [photos[i:i + 8] for i in range(0, len(photos), 8)])
         return OpenVinoRunner(openvino.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
 
     def _openvino(self, name: str, hint: str, label: str) -> OpenVinoRunner:
