@@ -27,7 +27,7 @@ from .int8_kernels import AVX2_ENVIRON, CAP_ENV
 from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, read_model, save_model
 from .signalstack import keep_signal_stack
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name)  # imgclf.quantize under `python -m` too
 
 FULL_BIAS_CORRECTION_IMAGES = 100
 RANKING_IMAGES = 64  # of the validation images, the ones accuracy control ranks layers on: the most changed by int8
