@@ -211,9 +211,10 @@ def test_accuracy_control_runs_with_avx2_kernels_on_a_vnni_cpu(monkeypatch, capl
     monkeypatch.setattr(export, "int8_kernels", lambda: kernels)
     monkeypatch.setattr(export, "quantize_with_avx2_kernels", child)
     monkeypatch.setattr(export, "quantize_to_agreement", lambda *args: "this process")
-    assert export.quantize_for_serving("ir", [], []) == quantized_by
+    assert export.quantize_for_serving("ir", [], [("pixels", "top1")]) == quantized_by
     assert ("quantizing with AVX2 kernels failed (exit 1); quantizing with this CPU's vnni kernels" in caplog.text) \
         == child_fails
+    assert export.quantize_for_serving("ir", [], []) == "this process"  # no validation images: nothing to control
 
 
 def quantized_tensors(ov_model) -> int:

@@ -75,8 +75,8 @@ def reference_answers(reference: nn.Module, validation: Dataset) -> Answers:
 def quantize_for_serving(ov_model, batches: list[np.ndarray], answers: Answers):
     """The int8 copy, brought to INT8_MIN_AGREEMENT where it can be (quantize.py): on a "vnni" CPU
     with "avx2" kernels, the kind whose saturating sums change more answers; in this process if that
-    child fails, or on other CPUs."""
-    if int8_kernels() == VNNI:
+    child fails, on other CPUs, or without validation images (plain int8, nothing to control)."""
+    if answers and int8_kernels() == VNNI:
         try:
             return quantize_with_avx2_kernels(ov_model, batches, answers, INT8_MIN_AGREEMENT)
         except RuntimeError as e:

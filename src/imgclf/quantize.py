@@ -125,6 +125,7 @@ def quantize_with_avx2_kernels(ov_model, batches: list[np.ndarray], answers: Ans
 
 
 def numbered(arrays, prefix: str) -> list[np.ndarray]:
+    """The arrays saved as prefix_0, prefix_1, ..., in that order."""
     return [arrays[f"{prefix}_{i}"] for i in range(sum(name.startswith(prefix + "_") for name in arrays.files))]
 
 
