@@ -123,7 +123,7 @@ def pretrain(root: Path, epochs: int) -> Path:
     """A ResNet50 trained from scratch on Fashion-MNIST's test file, whose photos none of the serving
     job's are, `epochs` at 96 px (about 5 times fewer pixels than 224, so about 5 times faster), then
     one more at 224 px, the serving job's size (progressive resizing: at 224 px the 96 px network
-    classified 0.60 of the serving job's validation photos, after that epoch 0.72). Returns a
+    classified 0.60 of the serving job's validation photos, after that epoch 0.74). Returns a
     pretrained channel, the folder holding its `resnet50.pth`. It stands in for ImageNet weights:
     the networks that a from-scratch job makes in this benchmark's minutes answer many images with
     near ties, which int8 flips whatever the layers it keeps. The fine-tuned one has fewer, but
