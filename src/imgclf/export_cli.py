@@ -24,6 +24,7 @@ from . import export
 from .data import ImageFolderDataset
 from .images import EvalTransform
 from .model import ModelError, ServingFormat, load_artifact, write_card
+from .names import LOG_FORMAT
 from .presets import ClassificationPresetEval
 from .serve.runtime import PROBE_IMAGES, probe_batch
 
@@ -76,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
     sys.exit(main(get_args_parser().parse_args(argv)))
 
 

@@ -12,6 +12,8 @@ class UserError(Exception):
     """A fault in what the user supplied (data, hyperparameters, flags): reported as such, exit code 2."""
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every command's log lines (on stdout)
+
 # the model artifact: model.py writes it, serving and the launcher read it
 WEIGHTS_FILE = "model.pt"  # the state_dict, loadable with torch.load(..., weights_only=True)
 CARD_FILE = "model.json"  # arch, classes, eval settings, versions, serving formats

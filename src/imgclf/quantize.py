@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .int8_kernels import AVX2_ENVIRON, CAP_ENV
+from .names import LOG_FORMAT
 from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, read_model, save_model
 from .signalstack import keep_signal_stack
 
@@ -130,7 +131,7 @@ def numbered(arrays, prefix: str) -> list[np.ndarray]:
 
 
 def main(work: Path) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format=LOG_FORMAT)
     with np.load(work / "arrays.npz") as arrays:
         batches = numbered(arrays, "calibration")
         answers = list(zip(numbered(arrays, "pixels"), numbered(arrays, "top1")))

@@ -31,6 +31,7 @@ from .contract import TrainingEnvironment, UserError, failure_reason, run_job
 from .data import set_epoch
 from .engine import SIGTERM_EXIT, StopRequest, TrainState, evaluate, train_one_epoch, unwrap
 from .metrics import format_metrics
+from .names import LOG_FORMAT
 
 log = logging.getLogger("imgclf.train")
 
@@ -215,9 +216,7 @@ def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format=LOG_FORMAT)
     env = TrainingEnvironment.from_env()
     if "RANK" not in os.environ:  # under torchrun, the launcher cleared it before any rank could fail
         env.failure_file.unlink(missing_ok=True)  # a reason left by an earlier run on this machine

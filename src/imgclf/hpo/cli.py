@@ -15,7 +15,7 @@ import optuna
 
 from .. import hyperparameters
 from ..layout import SPLIT_CHANNELS, check_layout
-from ..names import DEFAULT_PRUNER, PRUNERS, UserError
+from ..names import DEFAULT_PRUNER, LOG_FORMAT, PRUNERS, UserError
 from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
 from ..tracking.search import search_runs
 from .search import BEST_FILE, DEFAULT_TRIAL_EPOCHS, Search, run
@@ -49,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     fixed = {hp.name: getattr(args, "hp_" + hp.dest) for hp in hyperparameters.HYPERPARAMETERS
              if getattr(args, "hp_" + hp.dest, None) is not None}

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from sagemaker_inference import parameters as sm
 
 from ..archive import UnsafeArchive, packed_model
-from ..names import CARD_FILE
+from ..names import CARD_FILE, LOG_FORMAT
 from . import environment as E
 from .environment import SETTINGS, ServingEnvironment
 from .model_server import ModelServer, free_port, register_defaults
@@ -155,7 +155,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
     args = get_args_parser().parse_args(argv)
     if args.model_dir:
         os.environ[E.MODEL_DIR_ENV] = args.model_dir
