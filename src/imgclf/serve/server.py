@@ -67,8 +67,12 @@ def prepare(env: ServingEnvironment, run_dir: Path, user: pwd.struct_passwd | No
     folder to serve."""
     if user is None:
         return env.model_dir
-    model_dir = env.model_dir if env.multi_model else stage_model(env.model_dir, run_dir / "model")
-    give(run_dir, user)
+    model_dir = env.model_dir
+    if not env.multi_model:
+        model_dir = stage_model(env.model_dir, run_dir / "model")
+        # the copy alone: run_dir is the user's already, and multi-model-server, started, creates and
+        # removes temporary files in it (walking it could meet one that is gone)
+        give(model_dir, user)
     drop_to(user, run_dir)
     return model_dir
 
