@@ -39,10 +39,10 @@ def epoch(data: Path, num_workers: int, image_size: int) -> dict:
     """One epoch of the job's training loader over `data`/train (validation: `data`/valid)."""
     import torch
 
-    from imgclf import builders, distributed
+    from imgclf.train import builders, distributed
     from imgclf.callbacks import Callbacks
-    from imgclf.contract import TrainingEnvironment
-    from imgclf.train import parse_hyperparameters
+    from imgclf.train.contract import TrainingEnvironment
+    from imgclf.train.job import parse_hyperparameters
 
     args = parse_hyperparameters({"image-size": str(image_size), "num-workers": str(num_workers)})
     out = Path(tempfile.mkdtemp())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Profiling overhead: training throughput with and without the job's profiler and rules.
 
-Both sides run the product's training step (`imgclf.engine.train_one_epoch`) on the same model and
+Both sides run the product's training step (`imgclf.train.engine.train_one_epoch`) on the same model and
 the same in-memory batches (no data loading, so the step is as short as it gets and the overhead
 as large as it gets); one side passes the callback the job installs by default (`imgclf.debug`:
 system metrics every 500 ms on a thread, step timings and losses, gradient and activation
@@ -26,12 +26,15 @@ from pathlib import Path
 
 import torch
 
-from imgclf import distributed, precision
-from imgclf import model as models
+from imgclf.train import distributed, precision
+from imgclf.artifact import network
+from imgclf.artifact.card import ARCHS
+from imgclf.train import backbone
 from imgclf.callbacks import Callbacks, TrainingJob
-from imgclf.debug.monitor import Monitor, MonitorSettings
-from imgclf.engine import StopRequest, train_one_epoch
-from imgclf.hyperparameters import str2bool
+from imgclf.debug.monitor import Monitor
+from imgclf.debug.settings import MonitorSettings
+from imgclf.train.engine import StopRequest, train_one_epoch
+from imgclf.train.hyperparameters import str2bool
 
 
 class Limited:
@@ -49,7 +52,7 @@ class Limited:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet50", choices=models.ARCHS)
+    p.add_argument("--arch", default="resnet50", choices=ARCHS)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--freeze", type=str2bool, default=True)
@@ -60,9 +63,9 @@ def main() -> None:
     args.log_interval = 0
     args.freeze_bn_stats = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = models.create_model(args.arch, 10)
+    model = network.create_model(args.arch, 10)
     if args.freeze:
-        models.freeze_backbone(model)
+        backbone.freeze_backbone(model)
     memory_format = precision.memory_format(args.amp)
     model = model.to(device, memory_format=memory_format)
     batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size), torch.randint(10, (args.batch_size,)),

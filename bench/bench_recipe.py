@@ -35,8 +35,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local_test"))
 from make_sample_data import CLASSES, DEFAULT_SOURCE, read_idx
 
-from imgclf.contract import TrainingEnvironment
-from imgclf.train import run
+from imgclf.train.contract import TrainingEnvironment
+from imgclf.train.job import run
 
 RECIPES = {"linear": "linear", "finetune": "finetune", "lpft": "lp-ft"}
 

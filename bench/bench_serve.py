@@ -149,7 +149,7 @@ def pretrain(root: Path, epochs: int) -> Path:
 
 def aws_artifact(ours: Path, root: Path) -> Path:
     """The same weights as a typical user's model.tar.gz contents for AWS's stack."""
-    from imgclf.model import load_card
+    from imgclf.artifact.card import load_card
 
     aws = root / "aws" / "model"
     (aws / "code").mkdir(parents=True)
@@ -339,8 +339,9 @@ def handler_ms(ep: Endpoint, since: int) -> list[float]:
 
 
 def main(args) -> None:
-    from imgclf.model import load_card
-    from imgclf.serve.environment import ServingEnvironment, cpu_count
+    from imgclf.artifact.card import load_card
+    from imgclf.serve.environment import ServingEnvironment
+    from imgclf.names import cpu_count
 
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-serve-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput: the product's training step fed from JPEG files vs from tensors in memory.
 
-Both runs use the same network, optimizer and step function (`imgclf.engine.train_one_epoch`);
+Both runs use the same network, optimizer and step function (`imgclf.train.engine.train_one_epoch`);
 only the input differs:
   * memory: pre-made batches of random tensors, no decoding (the upper bound);
   * jpeg:   the training DataLoader over JPEG files in class folders (decode, random crop, flip,
@@ -33,14 +33,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from imgclf import distributed, precision
-from imgclf import model as models
+from imgclf.train import distributed, precision
+from imgclf.artifact import network
+from imgclf.artifact.card import ARCHS
+from imgclf.train import backbone
 from imgclf.callbacks import Callbacks
-from imgclf.data import ImageFolderDataset, find_classes, make_loader
-from imgclf.hyperparameters import str2bool
-from imgclf.presets import ClassificationPresetTrain
-from imgclf.builders import default_workers
-from imgclf.engine import StopRequest, train_one_epoch
+from imgclf.train.data import ImageFolderDataset, find_classes, make_loader
+from imgclf.train.hyperparameters import str2bool
+from imgclf.train.presets import ClassificationPresetTrain
+from imgclf.train.builders import default_workers
+from imgclf.train.engine import StopRequest, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
 
@@ -109,7 +111,7 @@ def compare_precision(model, batch, args, device) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="resnet50", choices=models.ARCHS)
+    p.add_argument("--arch", default="resnet50", choices=ARCHS)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--freeze", type=str2bool, default=True)
@@ -133,9 +135,9 @@ def main() -> None:
             root = Path(tmp) / "jpeg"
             write_photos(root, n_images)
         classes = find_classes(root)
-        model = models.create_model(args.arch, len(classes))
+        model = network.create_model(args.arch, len(classes))
         if args.freeze:
-            models.freeze_backbone(model)
+            backbone.freeze_backbone(model)
         memory_format = precision.memory_format(args.amp)
         model = model.to(device, memory_format=memory_format)
 

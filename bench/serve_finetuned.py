@@ -28,8 +28,9 @@ import requests
 import torch
 from PIL import Image
 
-from imgclf.model import load_artifact
-from imgclf.presets import ClassificationPresetEval, load_rgb
+from imgclf.artifact.network import load_artifact
+from imgclf.train.presets import ClassificationPresetEval
+from imgclf.artifact.images import load_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "local_test" / "test_dir"

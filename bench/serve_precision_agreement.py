@@ -32,10 +32,11 @@ from pathlib import Path
 
 import torch
 
-from imgclf import export, quantize
-from imgclf.model import (ModelCard, ServingFormat, create_model, find_imagenet_weights, load_card, normalisation,
-                          save_artifact, write_card)
-from imgclf.presets import EvalSettings
+from imgclf.artifact import export, quantize
+from imgclf.artifact.card import ModelCard, ServingFormat, load_card, write_card
+from imgclf.artifact.network import create_model, save_artifact
+from imgclf.train.backbone import find_imagenet_weights, normalisation
+from imgclf.artifact.images import EvalSettings
 from imgclf.serve.environment import ServingEnvironment
 from imgclf.serve.handler import ImageClassifierHandler
 
@@ -72,7 +73,7 @@ def train_fashion_mnist(work: Path, *, arch: str, image_size: int, per_class: in
            "SM_CHECKPOINT_DIR": str(out / "checkpoints")}
     if pretrained:
         env["SM_CHANNEL_PRETRAINED"] = str(pretrained)
-    cmd = [sys.executable, "-c", "from imgclf.train import cli; cli()", "--arch", arch, "--epochs", str(epochs),
+    cmd = [sys.executable, "-c", "from imgclf.train.job import cli; cli()", "--arch", arch, "--epochs", str(epochs),
            "--image-size", str(image_size), *extra]
     job = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if job.returncode:

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "local_test"))
 from make_sample_data import write_sample
 
-from imgclf.contract import TrainingEnvironment
-from imgclf.train import run
+from imgclf.train.contract import TrainingEnvironment
+from imgclf.train.job import run
 
 
 def train(data: Path, out: Path, **hyperparameters) -> tuple[float, float]:

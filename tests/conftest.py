@@ -39,7 +39,7 @@ def free_port() -> int:
 
 def load_artifact(model_dir: Path):
     """The network (eval mode) and card of a model artifact, rebuilt as serving does."""
-    from imgclf.model import load_artifact
+    from imgclf.artifact.network import load_artifact
 
     return load_artifact(model_dir)
 

@@ -17,8 +17,9 @@ import requests
 from conftest import free_port, require
 from PIL import Image
 
-from imgclf.model import ModelCard, create_model, save_artifact
-from imgclf.presets import EvalSettings
+from imgclf.artifact.card import ModelCard
+from imgclf.artifact.images import EvalSettings
+from imgclf.artifact.network import create_model, save_artifact
 
 CLASSES = ("blue", "green", "red")
 

@@ -4,7 +4,7 @@ import tarfile
 
 import pytest
 
-from imgclf.archive import UnsafeArchive, packed_model, safe_extract
+from imgclf.artifact.archive import UnsafeArchive, packed_model, safe_extract
 
 
 def make_tar(path, members):
@@ -54,8 +54,8 @@ def test_not_an_archive(tmp_path):
 
 
 def test_a_folder_is_packed_until_the_model_writes_its_card(tmp_path):
-    from imgclf.model import ModelCard, write_card
-    from imgclf.presets import EvalSettings
+    from imgclf.artifact.card import ModelCard, write_card
+    from imgclf.artifact.images import EvalSettings
 
     archive = make_tar(tmp_path / "model.tar.gz", [({"name": "weights"}, b"0")])
     assert packed_model(tmp_path) == archive  # only the archive: serving extracts it

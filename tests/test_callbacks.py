@@ -7,8 +7,8 @@ import pytest
 from test_train import job_env
 
 from imgclf.callbacks import Callback
-from imgclf.engine import SIGTERM_EXIT
-from imgclf.train import main, parse_hyperparameters
+from imgclf.train.engine import SIGTERM_EXIT
+from imgclf.train.job import main, parse_hyperparameters
 
 
 class Recorder(Callback):

@@ -11,13 +11,15 @@ import torch
 from conftest import load_artifact, make_image_folder
 from test_train import job_env, train_cli
 
-from imgclf import model as models
-from imgclf.checkpoint import digest_file, load_checkpoint, previous, save_checkpoint
-from imgclf.contract import UserError, failure_reason
-from imgclf.presets import EvalSettings
-from imgclf.train import TrainState, run
+from imgclf.artifact.card import ModelCard
+from imgclf.artifact.images import EvalSettings
+from imgclf.names import UserError
+from imgclf.train.checkpoint import digest_file, load_checkpoint, previous, save_checkpoint
+from imgclf.train.contract import failure_reason
+from imgclf.train.engine import TrainState
+from imgclf.train.job import run
 
-CARD = models.ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
+CARD = ModelCard("resnet18", ("a", "b"), EvalSettings.for_image_size(32))
 
 
 def parts(seed=0):
@@ -100,7 +102,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     save(path, 1)
     model, optimizer, scaler = parts()
     with pytest.raises(UserError, match="is for resnet18 with 2 classes"):
-        load_checkpoint(path, model, optimizer, scaler, models.ModelCard("resnet34", ("a", "b"), CARD.eval))
+        load_checkpoint(path, model, optimizer, scaler, ModelCard("resnet34", ("a", "b"), CARD.eval))
 
 
 def test_training_resumes_from_the_previous_checkpoint_when_the_latest_is_corrupt(tmp_path, image_folders, caplog):

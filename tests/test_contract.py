@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from imgclf.contract import (
+from imgclf.names import UserError
+from imgclf.train.contract import (
     TrainingEnvironment,
-    UserError,
     decode_value,
     failure_reason,
     hyperparameters_to_argv,

@@ -2,8 +2,8 @@ import pytest
 import torch
 from conftest import make_image_folder
 
-from imgclf.contract import UserError
-from imgclf.data import (
+from imgclf.names import UserError
+from imgclf.train.data import (
     ImageFolderDataset,
     ShardSampler,
     collate_skipping_unreadable,
@@ -11,7 +11,7 @@ from imgclf.data import (
     make_loader,
     split_indices,
 )
-from imgclf.presets import ClassificationPresetEval
+from imgclf.train.presets import ClassificationPresetEval
 
 
 def eval_tf():

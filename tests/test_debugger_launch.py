@@ -5,8 +5,8 @@ import pytest
 from sagemaker.estimator import Estimator
 from test_launch import IMAGE, TINY, aws, local, sent  # noqa: F401 (fixtures)
 
-from imgclf.contract import UserError
 from imgclf.launch import cli, datasets, debugger, training
+from imgclf.names import UserError
 
 
 def test_training_job_request_carries_rules_hook_and_profiler_config(aws, sent):  # noqa: F811

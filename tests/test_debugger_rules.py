@@ -4,10 +4,18 @@ import logging
 
 import pytest
 
-from imgclf.contract import UserError
 from imgclf.debug.jobdata import JobData
-from imgclf.debug.rules import (TRAINING_RULES, LossNotDecreasing, Overfit, Overtraining, PoorWeightInitialization,
-                                VanishingGradient, build_rules, parse_rule_parameters)
+from imgclf.debug.rules import (
+    TRAINING_RULES,
+    LossNotDecreasing,
+    Overfit,
+    Overtraining,
+    PoorWeightInitialization,
+    VanishingGradient,
+    build_rules,
+    parse_rule_parameters,
+)
+from imgclf.names import UserError
 
 
 def epochs(*pairs):

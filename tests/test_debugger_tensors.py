@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_train import job_env
 
-from imgclf.train import run
+from imgclf.train.job import run
 
 smdebug_trials = pytest.importorskip("smdebug.trials")
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from torch import nn
 
-from conftest import free_port
-from imgclf import builders, distributed, precision
+from imgclf.train import builders, distributed, precision
 
 
 def test_init_without_world_is_single_process():

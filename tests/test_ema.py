@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from imgclf.ema import BestWeights, WeightsEma
+from imgclf.train.ema import BestWeights, WeightsEma
 
 
 def test_ema_moves_toward_the_weights_with_a_warmed_up_decay():

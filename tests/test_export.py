@@ -7,11 +7,13 @@ import torch
 from conftest import make_image_folder
 from torch.utils.data import Subset
 
-from imgclf import export, quantize
-from imgclf.data import ImageFolderDataset, find_classes
-from imgclf.int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
-from imgclf.model import ModelCard, create_model, load_card, save_artifact
-from imgclf.presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
+from imgclf.artifact import export, quantize
+from imgclf.artifact.card import ModelCard, load_card
+from imgclf.artifact.images import EvalSettings
+from imgclf.artifact.int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
+from imgclf.artifact.network import create_model, save_artifact
+from imgclf.train.data import ImageFolderDataset, find_classes
+from imgclf.train.presets import ClassificationPresetEval, ClassificationPresetTrain
 
 pytestmark = [pytest.mark.openvino,
               pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]
@@ -267,9 +269,9 @@ def test_signals_are_handled_after_openvino_plugins_went_in_any_order():
     """OpenVINO's CPU plugin leaves the thread on an unmapped alternate signal stack when two
     plugins go first in, first out; a signal handled then killed the process (SIGSEGV)."""
     script = (
-        "import os, signal, sys, torch; from imgclf import export; "
-        "net = export.to_openvino(torch.nn.Conv2d(3, 4, 3), 8); "
-        "first = export.compile_model(net); second = export.compile_model(net); "
+        "import os, signal, sys, torch; from imgclf.artifact import network, openvino_runtime as ov; "
+        "net = network.to_openvino(torch.nn.Conv2d(3, 4, 3), 8); "
+        "first = ov.compile_model(net); second = ov.compile_model(net); "
         "del first; del second; "
         "signal.signal(signal.SIGUSR1, lambda *_: print('handled')); os.kill(os.getpid(), signal.SIGUSR1)"
     )
@@ -281,10 +283,10 @@ def test_signals_are_handled_after_openvino_plugins_went_in_any_order():
 def test_the_image_exports_and_runs_the_int8_model(docker_image):
     """The image's one venv holds OpenVINO and NNCF beside the training pins, and they work there."""
     script = (
-        "import numpy, torch; from imgclf import export, quantize; from imgclf.model import create_model; "
-        "fp32 = export.to_openvino(create_model('resnet18', 3).eval(), 32); "
+        "import numpy, torch; from imgclf.artifact import network, quantize, openvino_runtime as ov; "
+        "fp32 = network.to_openvino(network.create_model('resnet18', 3).eval(), 32); "
         "int8 = quantize.quantize(fp32, [numpy.random.rand(4, 3, 32, 32).astype('float32')]); "
-        "print('int8 answers', export.compile_model(int8)(numpy.zeros((2, 3, 32, 32), 'float32'))[0].shape)"
+        "print('int8 answers', ov.compile_model(int8)(numpy.zeros((2, 3, 32, 32), 'float32'))[0].shape)"
     )
     proc = subprocess.run(["docker", "run", "--rm", docker_image, "sh", "-c", f"pip check && python -c \"{script}\""],
                           capture_output=True, text=True)
@@ -295,7 +297,7 @@ def test_the_image_exports_and_runs_the_int8_model(docker_image):
 def test_training_stores_the_formats_checked_on_its_validation_channel(tmp_path, image_folders):
     from test_train import job_env
 
-    from imgclf.train import run
+    from imgclf.train.job import run
 
     env = job_env(tmp_path, image_folders, epochs="1", **{"serving-formats": "true"})
     assert run(env) == 0

@@ -11,12 +11,12 @@ import torch
 from conftest import load_artifact
 from test_train import job_env
 
-from imgclf import features
-from imgclf import model as models
-from imgclf.contract import UserError
-from imgclf.data import ImageFolderDataset
-from imgclf.presets import ClassificationPresetEval
-from imgclf.train import run
+from imgclf.train import backbone
+from imgclf.names import UserError
+from imgclf.train import features
+from imgclf.train.data import ImageFolderDataset
+from imgclf.train.job import run
+from imgclf.train.presets import ClassificationPresetEval
 
 LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "recipe": "linear", "image-size": "64", "epochs": "3",
         "lr": "0.05", "augment": "false"}
@@ -43,7 +43,7 @@ def test_head_on_cached_features_matches_training_through_the_backbone(tmp_path,
 
     # the artifact is the whole network: the backbone as loaded, the head as trained on features
     net, card = load_artifact(cached.model_dir)
-    imagenet = torch.load(models.find_imagenet_weights("efficientnet_lite0", None), weights_only=True)
+    imagenet = torch.load(backbone.find_imagenet_weights("efficientnet_lite0", None), weights_only=True)
     assert torch.equal(net._conv_stem.weight, imagenet["_conv_stem.weight"])
     ds = ImageFolderDataset(image_folders / "test", card.classes, ClassificationPresetEval.from_settings(card.eval))
     with torch.no_grad():

@@ -10,10 +10,10 @@ import sys
 import optuna
 import pytest
 
-from imgclf.contract import UserError
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE, search
-from imgclf.hpo.study import summary
 from imgclf.hpo.progress import Progress
+from imgclf.hpo.study import summary
+from imgclf.names import UserError
 
 FIXED = {"arch": "efficientnet_lite0", "recipe": "linear", "image-size": "32", "epochs": "2", "num-workers": "0"}
 

@@ -2,8 +2,8 @@
 import pytest
 from conftest import ROOT
 
-from imgclf import hyperparameters as hp
 from imgclf.names import UserError
+from imgclf.train import hyperparameters as hp
 
 
 def test_the_readme_table_is_the_code_table():

@@ -24,7 +24,8 @@ import torch
 import torchvision
 from conftest import ROOT, free_port, load_artifact, make_image_folder
 
-from imgclf.model import create_model, find_imagenet_weights, load_backbone
+from imgclf.artifact.network import create_model
+from imgclf.train.backbone import find_imagenet_weights, load_backbone
 
 CLASSES = ["blue", "green", "red"]
 TINY_JOB = {"arch": "resnet18", "pretrained": "false", "epochs": "1", "image-size": "32", "batch-size": "8",

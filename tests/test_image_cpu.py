@@ -20,7 +20,7 @@ import requests
 from conftest import ROOT, free_port
 from test_image import container_running, job_dir, run_image, wait_for_ping
 
-from imgclf.model import load_card
+from imgclf.artifact.card import load_card
 
 sys.path.insert(0, str(ROOT / "bench"))
 from serve_finetuned import PHOTOS, SAMPLE  # noqa: E402
@@ -40,7 +40,7 @@ def trained(tmp_path_factory) -> Path:
            "SM_CHANNEL_VALIDATION": str(SAMPLE / "test"), "SM_MODEL_DIR": str(out / "model"),
            "SM_OUTPUT_DIR": str(out / "output"), "SM_OUTPUT_DATA_DIR": str(out / "output" / "data"),
            "SM_CHECKPOINT_DIR": str(out / "checkpoints")}
-    proc = subprocess.run([sys.executable, "-m", "imgclf.train", "--arch", "efficientnet_lite0", "--epochs", "2",
+    proc = subprocess.run([sys.executable, "-m", "imgclf.train.job", "--arch", "efficientnet_lite0", "--epochs", "2",
                            "--image-size", "96", "--batch-size", "16", "--num-workers", "0"],
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -10,9 +10,10 @@ import torch
 from conftest import ROOT
 from PIL import Image
 
-from imgclf.images import EvalSettings, EvalTransform, crop_start, load_rgb, resized_size
-from imgclf.model import create_model, find_imagenet_weights, load_backbone, normalisation
-from imgclf.presets import ClassificationPresetEval
+from imgclf.artifact.images import EvalSettings, EvalTransform, crop_start, load_rgb, resized_size
+from imgclf.artifact.network import create_model
+from imgclf.train.backbone import find_imagenet_weights, load_backbone, normalisation
+from imgclf.train.presets import ClassificationPresetEval
 
 PHOTOS = sorted((ROOT / "local_test" / "test_dir" / "input" / "data").glob("*/*/*.jpg"))
 TOLERANCE = 1e-6  # float32 rounding; in practice the arrays are identical

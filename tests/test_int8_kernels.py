@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_export import exported  # noqa: F401  (fixture: an artifact with its OpenVINO formats)
 
-from imgclf import export, int8_kernels
-from imgclf.int8_kernels import AVX2, VNNI, AVX2Runner
+from imgclf.artifact import export, int8_kernels
+from imgclf.artifact.int8_kernels import AVX2, VNNI, AVX2Runner
 
 pytestmark = [pytest.mark.openvino,
               pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]

@@ -16,11 +16,11 @@ import pytest
 from conftest import ROOT, make_image_folder
 from moto import mock_aws
 
-from imgclf.contract import UserError
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE
-from imgclf.hyperparameters import BEST_KNOWN
 from imgclf.launch import cli, datasets, hosting, options, session, training, tuning
-from imgclf.metrics import metric_definitions
+from imgclf.names import UserError
+from imgclf.train.metrics import metric_definitions
+from imgclf.train.recipe import BEST_KNOWN
 
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/imgclf:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker"
@@ -406,7 +406,7 @@ def test_launcher_and_its_tuning_code_do_not_import_torch():
     """imgclf --help and the tuning code read the hyperparameter table, not the training script."""
     code = ("import contextlib, io, sys\n"
             "from imgclf.launch import cli, tuning, training\n"
-            "from imgclf import hyperparameters, hpo\n"
+            "from imgclf import hpo\nfrom imgclf.train import hyperparameters\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
             "    cli.main(['--help'])\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"

@@ -26,18 +26,10 @@ def test_names_imports_nothing_of_the_package():
     assert imports(SRC / "names.py") == set()
 
 
-def test_imports_run_down_the_layers():
-    assert not {m for m in imports(SRC / "hyperparameters.py") if m.startswith("imgclf.hpo")}
-    for module in ("search.py", "study.py", "cli.py", "__init__.py"):  # the in-container tuner
-        assert not {m for m in imports(SRC / "hpo" / module) if m.startswith("imgclf.launch")}, module
-    for path in (SRC / "launch").rglob("*.py"):  # the launcher takes UserError from the leaf
-        assert "imgclf.contract.UserError" not in imports(path), path
-
-
-def test_contract_still_offers_user_error():
-    from imgclf.contract import UserError
-
-    assert UserError is names.UserError
+def test_user_error_has_one_import_path():
+    for path in SRC.rglob("*.py"):
+        found = {m for m in imports(path) if m.endswith(".UserError")}
+        assert found <= {"imgclf.names.UserError"}, path
 
 
 def test_cpu_count_is_this_process_s_share():

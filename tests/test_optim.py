@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from imgclf import model as models
-from imgclf.optim import Schedule, build_optimizer, lr_factor, parameter_groups
-from imgclf.recipe import RECIPES, resolve
-from imgclf.hyperparameters import parse
+from imgclf.artifact import network
+from imgclf.train import backbone
+from imgclf.train.hyperparameters import parse
+from imgclf.train.optim import Schedule, build_optimizer, lr_factor, parameter_groups
+from imgclf.train.recipe import RECIPES, resolve
 
 
 def groups_by_name(model, **kw):
@@ -15,7 +16,7 @@ def groups_by_name(model, **kw):
 
 
 def test_backbone_trains_at_a_lower_lr_and_norm_layers_and_biases_do_not_decay():
-    model = models.create_model("resnet18", 3)
+    model = network.create_model("resnet18", 3)
     groups = groups_by_name(model, lr=0.1, weight_decay=1e-4, backbone_lr_ratio=0.1, norm_weight_decay=False)
     assert set(groups) == {"head", "head no-decay", "backbone", "backbone no-decay"}
     assert [g["name"] for g in parameter_groups(model, lr=0.1, weight_decay=0)][0] == "head"  # the reported lr
@@ -29,14 +30,14 @@ def test_backbone_trains_at_a_lower_lr_and_norm_layers_and_biases_do_not_decay()
 
 
 def test_norm_weight_decay_on_decays_everything_and_frozen_parameters_are_left_out():
-    model = models.create_model("resnet18", 3)
-    models.freeze_backbone(model)
+    model = network.create_model("resnet18", 3)
+    backbone.freeze_backbone(model)
     groups = groups_by_name(model, lr=0.1, weight_decay=1e-4, norm_weight_decay=True)
     assert list(groups) == ["head"] and len(groups["head"]["params"]) == 2
 
 
 def test_optimizer_follows_the_recipe_and_its_switches():
-    model = models.create_model("resnet18", 3)
+    model = network.create_model("resnet18", 3)
     args = parse({"recipe": "finetune", "lr": "0.02", "momentum": "0.9"})
     opt = build_optimizer(model, args)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
@@ -56,7 +57,7 @@ def test_warmup_rises_linearly_then_cosine_decays_to_zero():
 
 
 def test_schedule_sets_each_groups_lr_from_its_base():
-    model = models.create_model("resnet18", 3)
+    model = network.create_model("resnet18", 3)
     opt = torch.optim.SGD(parameter_groups(model, lr=0.1, weight_decay=0, backbone_lr_ratio=0.5), lr=0.1)
     schedule = Schedule(opt, epochs=2, steps_per_epoch=5, warmup_epochs=0, schedule="cosine")
     schedule.set_step(5)  # halfway

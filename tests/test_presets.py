@@ -5,14 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclf.presets import (
-    ClassificationPresetEval,
-    ClassificationPresetTrain,
-    EvalSettings,
-    load_rgb,
-    reduce_on_decode,
-    to_rgb,
-)
+from imgclf.artifact.images import EvalSettings, load_rgb, reduce_on_decode, to_rgb
+from imgclf.train.presets import ClassificationPresetEval, ClassificationPresetTrain
 
 
 def test_eval_settings_round_trip_through_json_types():

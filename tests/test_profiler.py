@@ -7,13 +7,12 @@ from argparse import Namespace
 import pytest
 from test_train import job_env
 
-from imgclf.contract import UserError
-from imgclf.names import PROFILER_INTERVAL_MS
 from imgclf.debug import monitor
 from imgclf.debug.jobdata import JobData
 from imgclf.debug.rules import VanishingGradient
 from imgclf.debug.statistics import ActivationVariances
-from imgclf.train import parse_hyperparameters, run
+from imgclf.names import PROFILER_INTERVAL_MS, UserError
+from imgclf.train.job import parse_hyperparameters, run
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,22 @@ import time
 
 import pytest
 
-from imgclf.contract import UserError
 from imgclf.debug.jobdata import JobData, SystemSamples
-from imgclf.debug.profiler_rules import (PROFILER_RULES, BatchSize, CPUBottleneck, Dataloader, GPUMemoryIncrease,
-                                         IOBottleneck, LoadBalancing, LowGPUUtilization, MaxInitializationTime,
-                                         StepOutlier, percentile)
+from imgclf.debug.profiler_rules import (
+    PROFILER_RULES,
+    BatchSize,
+    CPUBottleneck,
+    Dataloader,
+    GPUMemoryIncrease,
+    IOBottleneck,
+    LoadBalancing,
+    LowGPUUtilization,
+    MaxInitializationTime,
+    StepOutlier,
+    percentile,
+)
 from imgclf.debug.system import SystemMonitor
+from imgclf.names import UserError
 
 
 def with_steps(totals) -> JobData:

@@ -1,11 +1,10 @@
 """Recipes: their defaults, and each ingredient switched on its own through hyperparameters."""
 import pytest
 
-from imgclf.contract import UserError
-from imgclf.hyperparameters import BY_NAME, parse
 from imgclf.hpo import SEARCH_SPACES, search_space
-from imgclf.hyperparameters import BEST_KNOWN
-from imgclf.recipe import DEFAULT_RECIPE, INGREDIENTS, RECIPES
+from imgclf.names import UserError
+from imgclf.train.hyperparameters import BY_NAME, parse
+from imgclf.train.recipe import BEST_KNOWN, DEFAULT_RECIPE, INGREDIENTS, RECIPES
 
 
 def test_every_ingredient_is_a_hyperparameter_left_to_the_recipe():
@@ -87,16 +86,17 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from imgclf import model as models  # noqa: E402
-from imgclf.contract import TrainingEnvironment  # noqa: E402
-from imgclf.train import run  # noqa: E402
+from imgclf.artifact import network  # noqa: E402
+from imgclf.artifact.card import load_card  # noqa: E402
+from imgclf.train.contract import TrainingEnvironment  # noqa: E402
+from imgclf.train.job import run  # noqa: E402
 
 TINY = {"arch": "resnet18", "image-size": "32", "batch-size": "8", "epochs": "2", "num-workers": "0",
         "log-interval": "0", "serving-formats": "false", "profiler": "false", "rules": "false", "amp": "false"}
 
 
 def recipe_job(tmp_path, data, **hyperparameters):
-    backbone = models.create_model("resnet18", 1000)
+    backbone = network.create_model("resnet18", 1000)
     (tmp_path / "pretrained").mkdir(exist_ok=True)
     torch.save(backbone.state_dict(), tmp_path / "pretrained" / "resnet18.pth")
     env = TrainingEnvironment(
@@ -113,7 +113,7 @@ def test_each_recipe_trains_and_stores_its_eval_transform(tmp_path, image_folder
     caplog.set_level("INFO")
     assert run(env) == 0
     history = json.loads((env.output_data_dir / "metrics.json").read_text())
-    net, card = models.load_artifact(env.model_dir)
+    net, card = network.load_artifact(env.model_dir)
     frozen = torch.equal(net.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)
     assert frozen == (recipe == "linear")
     assert card.eval.resize_size == round(32 / RECIPES[recipe]["eval_crop_ratio"])
@@ -138,7 +138,7 @@ def test_a_fine_tuned_network_keeps_its_openvino_copies_in_agreement(tmp_path, i
     pytest.importorskip("openvino")
     env, _ = recipe_job(tmp_path, image_folders, recipe="finetune", epochs="1", **{"serving-formats": "true"})
     assert run(env) == 0
-    card = models.load_card(env.model_dir)
+    card = load_card(env.model_dir)
     fp32, int8 = card.formats["openvino_fp32"].agreement, card.formats["openvino_int8"].agreement
     assert fp32.images == 12 and fp32.top1_agreement == 1.0  # the same network in another runtime
     assert int8.images == 12 and int8.top1_agreement >= 0.75

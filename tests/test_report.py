@@ -14,7 +14,7 @@ from test_train import job_env
 from imgclf.debug import report
 from imgclf.debug.charts import PALETTE
 from imgclf.debug.jobdata import JobData
-from imgclf.train import run
+from imgclf.train.job import run
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]

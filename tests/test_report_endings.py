@@ -10,9 +10,9 @@ from test_train import job_env, stop_with_sigterm
 
 from imgclf import debug
 from imgclf.callbacks import Callback
-from imgclf.contract import TrainingEnvironment, run_job
 from imgclf.debug import report
-from imgclf.train import main, parse_hyperparameters
+from imgclf.train.contract import TrainingEnvironment, run_job
+from imgclf.train.job import main, parse_hyperparameters
 
 SAMPLE = Path(__file__).resolve().parents[1] / "local_test" / "test_dir"
 

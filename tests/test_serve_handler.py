@@ -11,10 +11,10 @@ from PIL import Image
 from serve_support import CLASSES, MockContext, encode, jpeg, make_artifact
 from test_export import exported  # noqa: F401  (fixture: an artifact with its OpenVINO formats)
 
-from imgclf.model import load_card
-from imgclf.presets import ClassificationPresetEval
+from imgclf.artifact.card import load_card
 from imgclf.serve.environment import ServingEnvironment
 from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
+from imgclf.train.presets import ClassificationPresetEval
 
 
 def environment(tmp_path, **kw) -> ServingEnvironment:

@@ -8,7 +8,7 @@ import pytest
 from conftest import load_artifact
 from serve_support import make_artifact
 
-from imgclf.archive import UnsafeArchive
+from imgclf.artifact.archive import UnsafeArchive
 from imgclf.serve import privileges
 from imgclf.serve.privileges import serving_user, stage_model
 

@@ -9,11 +9,11 @@ from PIL import Image
 from serve_support import make_artifact
 from test_export import exported  # noqa: F401  (the fixture: an artifact with its OpenVINO formats)
 
-from imgclf import export
-from imgclf.model import Agreement, load_card, write_card
-from imgclf.images import EvalTransform
+from imgclf.artifact import export
+from imgclf.artifact.card import Agreement, load_card, write_card
+from imgclf.artifact.images import EvalTransform, probe_batch
 from imgclf.serve import runtime, torch_runner
-from imgclf.serve.runtime import RunnerFactory, choose_runner, probe_batch
+from imgclf.serve.runtime import RunnerFactory, choose_runner
 
 pytestmark = [pytest.mark.openvino,
               pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]

@@ -17,8 +17,8 @@ from conftest import ROOT
 from serve_support import make_artifact
 from test_export import exported  # noqa: F401  (fixture: an artifact with its OpenVINO formats)
 
-from imgclf import export
-from imgclf.model import load_card
+from imgclf.artifact import export
+from imgclf.artifact.card import load_card
 
 pytestmark = [pytest.mark.openvino,
               pytest.mark.skipif(not export.openvino_available(), reason="needs the openvino extra")]
@@ -72,7 +72,7 @@ def test_torch_is_really_hidden(python_without_torch):
 
 
 def test_the_serving_modules_import_without_torch(python_without_torch):
-    code = ("import sys, imgclf.serve.server, imgclf.serve.mms_entry, imgclf.serve.front, imgclf.card; "
+    code = ("import sys, imgclf.serve.server, imgclf.serve.mms_entry, imgclf.serve.front, imgclf.artifact.card; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'nncf')))")
     proc = run(python_without_torch, code)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,7 +119,7 @@ def test_an_artifact_without_openvino_copies_is_refused_naming_imgclf_export(pyt
     assert proc.returncode != 0 and "imgclf-export MODEL_DIR" in proc.stderr  # a worker refuses too
 
     # imgclf-export (here, with torch) adds the float32 copy; then the torch-free worker serves it
-    export_run = subprocess.run([sys.executable, "-m", "imgclf.export_cli", str(model_dir)], capture_output=True,
+    export_run = subprocess.run([sys.executable, "-m", "imgclf.train.export_cli", str(model_dir)], capture_output=True,
                                 text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
     assert export_run.returncode == 0, export_run.stdout[-3000:] + export_run.stderr[-3000:]
     assert "largest probability gap to torch" in export_run.stdout
@@ -131,13 +131,13 @@ def test_an_artifact_without_openvino_copies_is_refused_naming_imgclf_export(pyt
 def test_imgclf_export_with_data_adds_the_int8_copy_checked_on_it(exported, tmp_path):
     model_dir = make_torch_only(exported[0], tmp_path / "model")
     valid = exported[0].parent / "valid"
-    proc = subprocess.run([sys.executable, "-m", "imgclf.export_cli", str(model_dir), "--data", str(valid)],
+    proc = subprocess.run([sys.executable, "-m", "imgclf.train.export_cli", str(model_dir), "--data", str(valid)],
                           capture_output=True, text=True, timeout=600, env={"PYTHONPATH": str(ROOT / "src"),
                                                                             "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     formats = load_card(model_dir).formats
     assert set(formats) == {"openvino_fp32", "openvino_int8"}
     assert formats["openvino_fp32"].agreement.top1_agreement == 1.0
-    missing = subprocess.run([sys.executable, "-m", "imgclf.export_cli", str(tmp_path / "nothing")],
+    missing = subprocess.run([sys.executable, "-m", "imgclf.train.export_cli", str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src")})
     assert missing.returncode == 1 and "not a model artifact" in missing.stdout

@@ -12,13 +12,13 @@ from conftest import COLORS, free_port, make_image_folder
 from PIL import Image
 from test_train import job_env, train_cli
 
-from imgclf import features, shards
-from imgclf.contract import UserError
-from imgclf import model as models
-from imgclf.data import make_loader
+from imgclf.artifact.card import load_card
 from imgclf.launch import datasets
-from imgclf.shard_dataset import ShardChannel, ShardDataset, deal
-from imgclf.train import run
+from imgclf.names import UserError
+from imgclf.train import features, shards
+from imgclf.train.data import make_loader
+from imgclf.train.job import run
+from imgclf.train.shard_dataset import ShardChannel, ShardDataset, deal
 
 LITE = {"arch": "efficientnet_lite0", "pretrained": "true", "recipe": "linear", "image-size": "64", "epochs": "1",
         "augment": "false", "features": "true"}
@@ -157,7 +157,7 @@ def test_trains_on_shards_with_and_without_a_validation_channel(tmp_path, image_
     assert run(env) == 0
     history = json.loads((env.output_data_dir / "metrics.json").read_text())
     assert [h.get("epoch") for h in history[:2]] == [1, 2] and "test_acc" in history[-1]
-    card = models.load_card(env.model_dir)
+    card = load_card(env.model_dir)
     assert card.classes == ("blue", "green", "red")
 
     held_out = job_env(tmp_path / "held_out", data, epochs="1")
@@ -183,7 +183,7 @@ def test_two_hosts_each_with_its_share_of_the_shards_train_with_ddp(tmp_path, im
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "epoch=2 train_loss" in outs[0] and "rank 1 of 2 (gloo)" in outs[1]
-    assert models.load_card(env.model_dir).classes == ("blue", "green", "red")
+    assert load_card(env.model_dir).classes == ("blue", "green", "red")
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import ROOT, make_image_folder
 
-from imgclf.contract import UserError
-from imgclf.toolkit import TRAIN_PROGRAM, plan, wait_for_hosts
+from imgclf.names import UserError
+from imgclf.train.toolkit import TRAIN_PROGRAM, plan, wait_for_hosts
 
 TINY = {"arch": "resnet18", "pretrained": "false", "image-size": "32", "batch-size": "8", "epochs": "1",
         "num-workers": "0", "serving-formats": "false", "profiler": "false", "rules": "false"}
@@ -80,7 +80,7 @@ def train(ml: Path, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "RANK", "WORLD_SIZE",
                                                                     "LOCAL_", "MASTER_"))}
     bin_dir = str(Path(sys.executable).parent)  # torchrun beside this Python
-    env.update(SAGEMAKER_BASE_DIR=str(ml), SAGEMAKER_TRAINING_MODULE="imgclf.toolkit:main",
+    env.update(SAGEMAKER_BASE_DIR=str(ml), SAGEMAKER_TRAINING_MODULE="imgclf.train.toolkit:main",
                PATH=f"{bin_dir}:{env.get('PATH', '')}", PYTHONPATH=str(ROOT / "src"))
     return subprocess.Popen([str(Path(bin_dir) / "train")], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)

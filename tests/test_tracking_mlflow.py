@@ -9,7 +9,7 @@ from test_train import job_env
 
 from imgclf.tracking import with_tracking
 from imgclf.tracking.settings import MlflowSettings
-from imgclf.train import main, parse_hyperparameters
+from imgclf.train.job import main, parse_hyperparameters
 
 
 def train(env, environ):

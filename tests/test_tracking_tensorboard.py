@@ -8,7 +8,7 @@ from test_train import job_env
 from imgclf import debug
 from imgclf.tracking import with_tracking
 from imgclf.tracking.settings import TENSORBOARD_LOCAL_PATH, tensorboard_dir
-from imgclf.train import main, parse_hyperparameters
+from imgclf.train.job import main, parse_hyperparameters
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 

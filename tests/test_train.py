@@ -10,11 +10,14 @@ import pytest
 import torch
 from conftest import free_port, load_artifact, make_image_folder
 
-from imgclf import model as models
-from imgclf.contract import TrainingEnvironment, UserError
-from imgclf.data import ImageFolderDataset
-from imgclf.presets import ClassificationPresetEval
-from imgclf.train import TrainState, parse_hyperparameters, run
+from imgclf.artifact import network
+from imgclf.train import backbone
+from imgclf.names import UserError
+from imgclf.train.contract import TrainingEnvironment
+from imgclf.train.data import ImageFolderDataset
+from imgclf.train.engine import TrainState
+from imgclf.train.job import parse_hyperparameters, run
+from imgclf.train.presets import ClassificationPresetEval
 
 TINY = {"arch": "resnet18", "pretrained": "false", "image-size": "32", "batch-size": "8", "epochs": "2",
         "num-workers": "0", "log-interval": "0", "serving-formats": "false"}  # test_export covers those
@@ -40,7 +43,7 @@ def sm_environ(env: TrainingEnvironment) -> dict[str, str]:
 
 
 def train_cli(env: TrainingEnvironment, extra_env=None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "imgclf.train"], env={**sm_environ(env), **(extra_env or {})},
+    return subprocess.Popen([sys.executable, "-m", "imgclf.train.job"], env={**sm_environ(env), **(extra_env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -82,21 +85,21 @@ def test_without_validation_channel_a_split_is_held_out(tmp_path, image_folders)
 
 
 def test_transfer_from_pretrained_channel_with_frozen_backbone(tmp_path, image_folders):
-    backbone = models.create_model("resnet18", 1000)
+    imagenet_net = network.create_model("resnet18", 1000)
     (tmp_path / "pretrained").mkdir()
-    torch.save(backbone.state_dict(), tmp_path / "pretrained" / "resnet18.pth")
+    torch.save(imagenet_net.state_dict(), tmp_path / "pretrained" / "resnet18.pth")
     env = job_env(tmp_path, image_folders, pretrained="true", freeze="true", epochs="1")
     env.channels["pretrained"] = tmp_path / "pretrained"
     assert run(env) == 0
     net, _ = load_artifact(env.model_dir)
-    assert torch.equal(net.layer1[0].conv1.weight, backbone.layer1[0].conv1.weight)  # frozen: unchanged
-    assert not torch.equal(net.fc.weight[:, :8], backbone.fc.weight[:3, :8])
+    assert torch.equal(net.layer1[0].conv1.weight, imagenet_net.layer1[0].conv1.weight)  # frozen: unchanged
+    assert not torch.equal(net.fc.weight[:, :8], imagenet_net.fc.weight[:3, :8])
 
 
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, image_folders, monkeypatch):
-    monkeypatch.setenv(models.WEIGHTS_DIR_ENV, str(tmp_path / "nothing"))
+    monkeypatch.setenv(backbone.WEIGHTS_DIR_ENV, str(tmp_path / "nothing"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty download cache
-    monkeypatch.setattr(models, "weights_url", lambda arch: f"http://127.0.0.1:9/{arch}-0123abcd.pth")  # unreachable
+    monkeypatch.setattr(backbone, "weights_url", lambda arch: f"http://127.0.0.1:9/{arch}-0123abcd.pth")  # unreachable
     with pytest.raises(UserError, match="pretrained' channel"):
         run(job_env(tmp_path, image_folders, pretrained="true"))
 

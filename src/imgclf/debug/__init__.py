@@ -18,7 +18,8 @@
 from __future__ import annotations
 
 from ..callbacks import Callback
-from .monitor import Monitor, MonitorSettings
+from .monitor import Monitor
+from .settings import MonitorSettings
 from .tensors import HookSettings, TensorSaver
 
 __all__ = ["callbacks"]

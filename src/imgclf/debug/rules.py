@@ -16,7 +16,7 @@ import math
 import statistics
 from typing import Any
 
-from ..contract import UserError
+from ..names import UserError
 
 log = logging.getLogger("imgclf.rules")
 
@@ -129,7 +129,7 @@ class PoorWeightInitialization(Rule):
     def new_layers(model, pretrained: bool):
         """(module, words) of the layers not loaded from pretrained weights: the new head, or the whole
         network when training from scratch. Loaded layers start from learnt weights, not an initialisation."""
-        from ..model import head, head_name
+        from ..artifact.network import head, head_name
 
         if not pretrained:
             return model, "the whole network (pretrained=false: no layer was loaded)"

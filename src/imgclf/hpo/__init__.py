@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..hyperparameters import typed
-from ..recipe import DEFAULT_RECIPE, FREEZING, default_recipe
+from ..train.hyperparameters import typed
+from ..train.recipe import DEFAULT_RECIPE, FREEZING, default_recipe
 
 OBJECTIVE_METRIC = "valid_acc"
 OBJECTIVE_TYPE = "Maximize"

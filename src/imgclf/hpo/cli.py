@@ -13,11 +13,11 @@ from pathlib import Path
 
 import optuna
 
-from .. import hyperparameters
-from ..layout import SPLIT_CHANNELS, check_layout
 from ..names import DEFAULT_PRUNER, LOG_FORMAT, PRUNERS, UserError
-from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
 from ..tracking.search import search_runs
+from ..train import hyperparameters
+from ..train.layout import SPLIT_CHANNELS, check_layout
+from . import FINAL_EPOCHS, OBJECTIVE_METRIC, TRIAL_ONLY
 from .search import BEST_FILE, DEFAULT_TRIAL_EPOCHS, Search, run
 from .study import STUDY_NAME
 

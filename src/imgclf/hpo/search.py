@@ -29,12 +29,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from .. import hyperparameters
 from ..callbacks import Callback
-from ..contract import TrainingEnvironment
 from ..names import DEFAULT_PRUNER, PRUNERS, UserError
-from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous, search_space
 from ..tracking.search import SearchRuns
+from ..train import hyperparameters
+from ..train.contract import TrainingEnvironment
+from . import OBJECTIVE_METRIC, SEARCH_SPACE, TRIAL_DEFAULTS, Categorical, Continuous, search_space
 from .progress import Progress
 from .storage import HEARTBEAT_S, Heartbeat, surplus
 from .study import STUDY_NAME, best_record, finished, open_study, requeue_interrupted, running, trial_dir
@@ -121,7 +121,7 @@ def job_env(channels: dict[str, Path], root: Path, hps: dict[str, str]) -> Train
 
 
 def run_job(env: TrainingEnvironment, callbacks=()) -> None:
-    from .. import train  # torch: only where a job runs
+    from ..train import job as train  # torch: only where a job runs
 
     code = train.main(train.parse_hyperparameters(env.hyperparameters), env, callbacks=callbacks)
     if code == train.SIGTERM_EXIT:

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .. import shards
-from ..layout import SPLIT_CHANNELS, check_layout
 from ..names import UserError
+from ..train import shards
+from ..train.layout import SPLIT_CHANNELS, check_layout
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 

@@ -81,7 +81,7 @@ def job_options() -> argparse.ArgumentParser:
 
 def add_hyperparameter_options(group) -> None:
     """`--name VALUE` per hyperparameter, checked later by the job's own table (hyperparameters.py)."""
-    from ..hyperparameters import HYPERPARAMETERS
+    from ..train.hyperparameters import HYPERPARAMETERS
 
     for hp in HYPERPARAMETERS:
         if hp.name not in LAUNCHER_SET:
@@ -94,7 +94,7 @@ def hyperparameter_dest(name: str) -> str:
 
 def given_hyperparameters(args) -> dict:
     """The hyperparameters given on the command line, by name."""
-    from ..hyperparameters import HYPERPARAMETERS
+    from ..train.hyperparameters import HYPERPARAMETERS
 
     return {hp.name: getattr(args, hyperparameter_dest(hp.name)) for hp in HYPERPARAMETERS
             if getattr(args, hyperparameter_dest(hp.name), None) is not None}

@@ -13,9 +13,9 @@ from sagemaker.estimator import Estimator
 from sagemaker.utils import name_from_base
 
 from ..names import UserError
-from ..metrics import metric_definitions
-from ..hyperparameters import parse as parse_hyperparameters
-from ..toolkit import TORCH_DISTRIBUTED_ENABLED
+from ..train.hyperparameters import parse as parse_hyperparameters
+from ..train.metrics import metric_definitions
+from ..train.toolkit import TORCH_DISTRIBUTED_ENABLED
 from .session import Target
 
 BASE_JOB_NAME = "imgclf"

@@ -25,12 +25,20 @@ from sagemaker.tuner import (
     WarmStartTypes,
 )
 
-from ..contract import RESERVED_PREFIXES
+from ..hpo import (
+    OBJECTIVE_METRIC,
+    OBJECTIVE_TYPE,
+    TRIAL_DEFAULTS,
+    TRIAL_ONLY,
+    Categorical,
+    Continuous,
+    best_hyperparameters,
+    search_space,
+)
 from ..names import DEFAULT_PRUNER, UserError
-from ..hpo import (OBJECTIVE_METRIC, OBJECTIVE_TYPE, TRIAL_DEFAULTS, TRIAL_ONLY, Categorical, Continuous,
-                   best_hyperparameters, search_space)
-from ..hyperparameters import BY_NAME, typed
-from ..metrics import metric_definitions
+from ..train.contract import RESERVED_PREFIXES
+from ..train.hyperparameters import BY_NAME, typed
+from ..train.metrics import metric_definitions
 from .session import Target
 from .training import JobSpec, estimator
 

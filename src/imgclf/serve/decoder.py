@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..images import load_rgb, to_rgb
+from ..artifact.images import load_rgb, to_rgb
 from .errors import BadRequest, PayloadTooLarge, UnsupportedContentType
 from .sniffing import UNTYPED, sniff
 

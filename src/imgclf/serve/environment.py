@@ -25,8 +25,9 @@ from pathlib import Path
 
 from sagemaker_inference import parameters as sm
 
+from ..artifact.card import INT8_MAX_ACCURACY_DROP, INT8_MIN_AGREEMENT
 from ..names import cpu_count
-from .profiles import INT8_MAX_ACCURACY_DROP, INT8_MIN_AGREEMENT, PROFILE_ENV, PROFILES, MiB
+from .profiles import PROFILE_ENV, PROFILES, MiB
 
 DEFAULT_BASE_DIR = "/opt/ml"
 MODEL_DIR_ENV = "SM_MODEL_DIR"  # outside a container: the artifact that imgclf-train wrote

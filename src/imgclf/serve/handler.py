@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..card import load_card
-from ..images import EvalTransform
+from ..artifact.card import load_card
+from ..artifact.images import PROBE_IMAGES, EvalTransform, probe_batch
 from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError
-from .runtime import PROBE_IMAGES, RunnerFactory, choose_runner, probe_batch, resident_mb, worker_device
+from .runtime import RunnerFactory, choose_runner, resident_mb, worker_device
 from .spool import SPOOLED_BODY, read_body
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from urllib.parse import urlencode
 
 import sagemaker_inference
 
-from .environment import IN_MEMORY_BYTES, MODEL_NAME, MiB, ServingEnvironment
+from .environment import IN_MEMORY_BYTES, MODEL_NAME, ServingEnvironment
 from .privileges import user_environment
+from .profiles import MiB
 from .spool import SPOOL_DIR_ENV
 
 log = logging.getLogger("imgclf.serve")

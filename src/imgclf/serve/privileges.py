@@ -16,7 +16,7 @@ import pwd
 import shutil
 from pathlib import Path
 
-from ..archive import packed_model, safe_extract
+from ..artifact.archive import packed_model, safe_extract
 
 log = logging.getLogger(__name__)
 

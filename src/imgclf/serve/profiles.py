@@ -1,7 +1,6 @@
 """The serving profiles and their limits: what one request may take on each way SageMaker serves a
 model. A leaf with no dependencies, shared by the container (environment.py), the launcher (which
-sets `PROFILE_ENV` on the endpoints it creates and sizes their timeouts from it) and training's
-int8 export (the agreement it must reach).
+sets `PROFILE_ENV` on the endpoints it creates and sizes their timeouts from it).
 """
 from __future__ import annotations
 
@@ -9,9 +8,6 @@ from dataclasses import dataclass
 
 PROFILE_ENV = "IMGCLF_SERVING_PROFILE"
 MiB, GiB = 1024 * 1024, 1024 * 1024 * 1024
-# What `auto` demands of an int8 copy on the validation set, and what training's accuracy-aware
-# quantization aims for: this share of float32's top-1 answers kept, at most this accuracy lost
-INT8_MIN_AGREEMENT, INT8_MAX_ACCURACY_DROP = 0.99, 0.005
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
-from ..archive import UnsafeArchive, packed_model, safe_extract
+from ..artifact.archive import UnsafeArchive, packed_model, safe_extract
+
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 

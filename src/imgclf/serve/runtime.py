@@ -33,17 +33,16 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from .. import openvino_runtime as openvino
-from ..card import ModelCard, ModelError, ServingFormat, load_card
-from ..images import EvalTransform, load_rgb
-from ..int8_kernels import int8_kernels
+from ..artifact import openvino_runtime as openvino
+from ..artifact.card import ModelCard, ModelError, ServingFormat, load_card
+from ..artifact.images import EvalTransform, load_rgb
+from ..artifact.int8_kernels import int8_kernels
 from ..names import CALIBRATION_DIR
 
 log = logging.getLogger(__name__)
 
 FP32, INT8 = openvino.FP32_FORMAT, openvino.INT8_FORMAT
 EXPORT_COMMAND = "imgclf-export"  # the console script that adds the IR files to an artifact (export_cli.py)
-PROBE_IMAGES = 4
 # bfloat16 keeps 8 bits of mantissa: on 20 real photos (bench/serve_precision_agreement.py) an
 # ImageNet efficientnet_lite0 kept every top-1, its probabilities moved by up to 0.04 under torch
 # autocast and 0.08 in OpenVINO's bf16 mode. On the smooth probe images they move less: refuse
@@ -109,16 +108,6 @@ def resident_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def probe_batch(n: int, transform: EvalTransform) -> np.ndarray:
-    """Deterministic smooth colour images through the real transform: inputs in the range the
-    network sees, unlike uniform noise."""
-    rng = np.random.default_rng(0)
-    size = transform.settings.crop_size
-    images = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-              for _ in range(n)]
-    return np.stack([transform(img) for img in images])
-
-
 def calibration_photos(model_dir: Path, transform: EvalTransform) -> np.ndarray:
     """The training images stored in the artifact, decoded as requests are and through its transform."""
     paths = sorted((model_dir / CALIBRATION_DIR).glob("*.jpg"))
@@ -165,7 +154,7 @@ class RunnerFactory:
     def bf16_supported(self) -> bool:
         if self.use_openvino:
             return openvino.bf16_supported()
-        from ..precision import bf16_supported
+        from ..artifact.network import bf16_supported
 
         return bf16_supported(self.device)
 
@@ -185,10 +174,11 @@ class RunnerFactory:
         if not (torch_available() and openvino.openvino_available(calibration=True)):
             raise RuntimeError("IMGCLF_PRECISION=int8 on an artifact without an int8 model needs OpenVINO, NNCF and "
                                "torch (the full image, or pip install 'imgclf[openvino]')")
-        from .. import export, quantize
+        from ..artifact import quantize
+        from ..artifact.network import to_openvino
 
         fp32 = (openvino.read_model(self.model_dir / self.card.formats[FP32].file) if FP32 in self.card.formats
-                else export.to_openvino(self.torch(autocast=False).model, self.card.eval.crop_size))
+                else to_openvino(self.torch(autocast=False).model, self.card.eval.crop_size))
         photos = calibration_photos(self.model_dir, EvalTransform(self.card.eval))
         log.warning("the artifact has no int8 model: quantizing at start-up on its %d calibration images; its "
                     "agreement with float32 is unchecked", len(photos))

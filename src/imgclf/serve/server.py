@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from sagemaker_inference import parameters as sm
 
-from ..archive import UnsafeArchive, packed_model
+from ..artifact.archive import UnsafeArchive, packed_model
 from ..names import CARD_FILE, LOG_FORMAT
 from . import environment as E
 from .environment import SETTINGS, ServingEnvironment

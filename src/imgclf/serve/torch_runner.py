@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..card import ModelCard
-from ..model import WEIGHTS_FILE, create_model
+from ..artifact.card import ModelCard
+from ..artifact.network import create_model
+from ..names import WEIGHTS_FILE
 
 
 def device_for(gpu_id) -> str:

@@ -161,7 +161,7 @@ class MlflowRun(Callback):
 
     def _log_artifacts(self) -> None:
         from ..debug.report import REPORT_FILE
-        from ..model import CARD_FILE
+        from ..names import CARD_FILE
 
         env = self._env
         for path in (env.model_dir / CARD_FILE, env.output_data_dir / "metrics.json",

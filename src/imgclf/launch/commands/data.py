@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...names import UserError
-from ...shards import DEFAULT_SHARD_SIZE_MB
+from ...train.shards import DEFAULT_SHARD_SIZE_MB
 from .. import options
 
 

@@ -30,9 +30,11 @@ import torch
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from . import model as models
-from .archive import UnsafeArchive, safe_extract
-from .contract import TrainingEnvironment, UserError
+from ..artifact.archive import UnsafeArchive, safe_extract
+from ..artifact.network import head
+from ..names import UserError
+from .backbone import find_imagenet_weights
+from .contract import TrainingEnvironment
 from .data import make_loader
 
 log = logging.getLogger(__name__)
@@ -214,7 +216,7 @@ def for_job(args, env: TrainingEnvironment, model: nn.Module, card, channel_set:
     the job; else those in the checkpoint dir (for extract-features, the model dir) when their key
     matches; else computed now and written there. `image_datasets` are (train, valid, test), None
     where the job has no such images."""
-    weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+    weights = find_imagenet_weights(args.arch, env.channels.get("pretrained"))
     identity = json.loads(json.dumps(dict(  # through JSON, as the manifest keeps it
         arch=args.arch, weights_sha256=file_digest(weights), eval=card.eval.to_dict(), classes=list(card.classes),
         holdout=None if "validation" in env.channels else [args.valid_split, args.seed])))
@@ -227,8 +229,8 @@ def for_job(args, env: TrainingEnvironment, model: nn.Module, card, channel_set:
         return channel_set
 
     def compute():
-        head = models.head(model)
-        return {split: extract(model, head, make_loader(ds, batch_size=args.batch_size, num_workers=num_workers),
+        classifier = head(model)
+        return {split: extract(model, classifier, make_loader(ds, batch_size=args.batch_size, num_workers=num_workers),
                                device, autocast)
                 for split, ds in named.items()}
 

@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
-from .hyperparameters import ARCHS
+from .. import __version__
+from ..names import CARD_FILE
 from .images import EvalSettings
-from .names import CARD_FILE
 
 FORMAT_VERSION = 1
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
+# What serving's `auto` demands of an int8 copy on the validation set, and what training's
+# accuracy-aware quantization aims for: this share of float32's top-1 answers kept, at most this
+# accuracy lost
+INT8_MIN_AGREEMENT, INT8_MAX_ACCURACY_DROP = 0.99, 0.005
 
 
 class ModelError(ValueError):

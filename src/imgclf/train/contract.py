@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .names import CHANNELS, UserError  # UserError is also imported from here by the training modules
+from ..names import CHANNELS, UserError  # UserError is also imported from here by the training modules
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..names import UserError
 from . import hyperparameters as table
-from .contract import UserError, failure_reason, write_failure
+from .contract import failure_reason, write_failure
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from .names import CARD_FILE, MODEL_ARCHIVE
+from ..names import CARD_FILE, MODEL_ARCHIVE
 
 
 class UnsafeArchive(ValueError):

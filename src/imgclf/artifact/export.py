@@ -26,7 +26,6 @@ import copy
 import itertools
 import logging
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,16 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+from torch.utils.data.dataloader import default_collate
 
-from .data import make_loader
+from ..names import CALIBRATION_DIR
+from .card import INT8_MIN_AGREEMENT, Agreement, ModelCard, ServingFormat, write_card
 from .int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
-from .model import Agreement, ModelCard, ServingFormat, write_card
-from .openvino_runtime import (FILES, FP32_FORMAT, INT8_FORMAT, compile_model,  # noqa: F401
-                               openvino_available, read_model, save_model)
+from .network import to_openvino
+from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, openvino_available, read_model, save_model
 from .quantize import Answers, quantize_to_agreement, quantize_with_avx2_kernels
-from .names import CALIBRATION_DIR
-from .serve.profiles import INT8_MIN_AGREEMENT
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +50,6 @@ MAX_VALIDATION_IMAGES = 5000
 BATCH = 32
 STORED_CALIBRATION_IMAGES = 32
 ACCURACY_CONTROL_IMAGES = 300  # validation images that accuracy-aware quantization compares on
-
-
-def to_openvino(model: nn.Module, crop_size: int):
-    """The network as an OpenVINO model taking (N, 3, crop, crop) float32 pixels, any N."""
-    import openvino as ov
-
-    model = copy.deepcopy(model).float().cpu().eval()
-    example = torch.zeros(1, 3, crop_size, crop_size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # OpenVINO traces with torch.jit, which warns
-        return ov.convert_model(model, example_input=example, input=[(-1, 3, crop_size, crop_size)])
 
 
 def reference_answers(reference: nn.Module, validation: Dataset) -> Answers:
@@ -119,19 +106,20 @@ def with_transform(dataset: Dataset, transform) -> Dataset:
     return dataset
 
 
+def readable(batch: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A batch of (pixels, label) items collated, the unreadable images (None items) left out."""
+    items = [item for item in batch if item is not None]
+    return default_collate(items) if items else None
+
+
 def pixel_batches(dataset: Dataset, limit: int, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(pixels, labels) batches of at most `limit` images, drawn at random when there are more (from a
     shard dataset: its first `limit`, in its own shuffled order)."""
-    if isinstance(dataset, IterableDataset):
-        batches = itertools.islice(make_loader(dataset, batch_size=BATCH, num_workers=0), -(-limit // BATCH))
-        yield from ((images, labels) for images, labels, _ in batches if len(images))
-        return
-    if len(dataset) > limit:
+    if not isinstance(dataset, IterableDataset) and len(dataset) > limit:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:limit]
         dataset = Subset(dataset, sorted(order.tolist()))
-    for images, labels, _ in make_loader(dataset, batch_size=BATCH, num_workers=0):
-        if len(images):
-            yield images, labels
+    batches = DataLoader(dataset, batch_size=BATCH, collate_fn=readable)
+    yield from (batch for batch in itertools.islice(batches, -(-limit // BATCH)) if batch is not None)
 
 
 def agreements(reference: nn.Module, runners: list, validation: Dataset,

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from . import model as models
+from ..artifact.network import head
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
                nn.LocalResponseNorm)
@@ -24,8 +24,7 @@ WARMUP_START = 0.01  # the first step's fraction of the lr
 def parameter_groups(model: nn.Module, *, lr: float, weight_decay: float, backbone_lr_ratio: float = 1.0,
                      norm_weight_decay: bool = True) -> list[dict]:
     """SGD parameter groups, the head's first (their lr is the one the metrics report)."""
-    head = models.head(model)
-    head_params = {id(p) for p in head.parameters()}
+    head_params = {id(p) for p in head(model).parameters()}
     groups: dict[tuple[bool, bool], list] = {}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):

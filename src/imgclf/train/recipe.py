@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import argparse
 
-# Evaluation centre crop as a fraction of the resized short side: torchvision's classic 224/256, and
-# its 2021 recipe's 224/232 for networks trained with stronger augmentation.
-CLASSIC_CROP_RATIO = 0.875
+from ..artifact.images import CLASSIC_CROP_RATIO  # torchvision's classic 224/256; finetune uses its 2021 224/232
+
 AUTO_AUGMENTS = ("none", "trivialaugment", "randaugment")
 LR_SCHEDULES = ("constant", "cosine")
 

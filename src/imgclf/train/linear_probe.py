@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..artifact.network import head
 from . import features
-from . import model as models
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def run(args, env, model: nn.Module, card, eval_datasets, num_workers: int, devi
     start = time.perf_counter()
     feature_set = features.for_job(args, env, model, card, None, eval_datasets, num_workers, device, autocast)
     train, valid = (feature_set.dataset(s).tensors for s in ("train", "valid"))
-    head = models.head(model)
-    loss = fit_head(head, *train, steps=args.lp_steps, label_smoothing=args.label_smoothing)
+    classifier = head(model)
+    loss = fit_head(classifier, *train, steps=args.lp_steps, label_smoothing=args.label_smoothing)
     log.info("linear probe: %d L-BFGS steps on %d cached features, train_loss=%.4f valid_acc=%.4f (%.1f s)",
-             args.lp_steps, len(train[0]), loss, accuracy(head, *valid), time.perf_counter() - start)
+             args.lp_steps, len(train[0]), loss, accuracy(classifier, *valid), time.perf_counter() - start)

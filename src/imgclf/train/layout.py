@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..names import UserError
 from . import shards
-from .names import UserError
 
 # torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), written out so
 # that the launcher does not import torch

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .contract import UserError
-from .model import ModelCard
+from ..artifact.card import ModelCard
+from ..names import UserError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `EvalSettings` (stored in the artifact) says how an image becomes the network's input at
 evaluation and serving time. `EvalTransform` applies it with Pillow and numpy, step for step as
 torchvision's `Resize` -> `CenterCrop` -> `PILToTensor` -> `ConvertImageDtype` -> `Normalize` do on a
-PIL image (presets.ClassificationPresetEval), so the CPU image, which has no torch, gives the
+PIL image (train/presets.py's ClassificationPresetEval), so the CPU image, which has no torch, gives the
 network the same pixels as training's evaluation did.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
-from .recipe import CLASSIC_CROP_RATIO
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Evaluation centre crop as a fraction of the resized short side: torchvision's classic 224/256
+CLASSIC_CROP_RATIO = 0.875
+PROBE_IMAGES = 4  # smooth synthetic images that a copy of the network is compared on without labels
 
 
 @dataclass(frozen=True)
@@ -137,3 +138,13 @@ class EvalTransform:
             img = img.crop((left, top, left + crop, top + crop))
         pixels = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
         return (pixels - self.mean) / self.std
+
+
+def probe_batch(n: int, transform: EvalTransform) -> np.ndarray:
+    """Deterministic smooth colour images through the real transform: inputs in the range the
+    network sees, unlike uniform noise."""
+    rng = np.random.default_rng(0)
+    size = transform.settings.crop_size
+    images = [Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+              for _ in range(n)]
+    return np.stack([transform(img) for img in images])

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import export
+from ..artifact.card import ModelError, ServingFormat, write_card
+from ..artifact.export import export_serving_formats
+from ..artifact.images import PROBE_IMAGES, EvalTransform, probe_batch
+from ..artifact.network import load_artifact, to_openvino
+from ..artifact.openvino_runtime import FILES, FP32_FORMAT, compile_model, openvino_available, save_model
+from ..names import LOG_FORMAT
 from .data import ImageFolderDataset
-from .images import EvalTransform
-from .model import ModelError, ServingFormat, load_artifact, write_card
-from .names import LOG_FORMAT
 from .presets import ClassificationPresetEval
-from .serve.runtime import PROBE_IMAGES, probe_batch
 
 log = logging.getLogger("imgclf.export")
 
@@ -34,23 +35,23 @@ log = logging.getLogger("imgclf.export")
 def add_fp32(model_dir: Path, model: torch.nn.Module, card):
     """The float32 copy alone, its agreement unchecked (no labelled images): it is the same
     network, and the largest probability gap to torch on the probe images is logged."""
-    ov_model = export.to_openvino(model, card.eval.crop_size)
-    file = export.FILES[export.FP32_FORMAT]
-    export.save_model(ov_model, model_dir / file)
+    ov_model = to_openvino(model, card.eval.crop_size)
+    file = FILES[FP32_FORMAT]
+    save_model(ov_model, model_dir / file)
     probe = probe_batch(PROBE_IMAGES, EvalTransform(card.eval))
     with torch.inference_mode():
         expected = model(torch.from_numpy(probe)).softmax(1).numpy()
-    logits = export.compile_model(ov_model)(probe)[0]
+    logits = compile_model(ov_model)(probe)[0]
     got = np.exp(logits - logits.max(1, keepdims=True))
     gap = float(np.abs(got / got.sum(1, keepdims=True) - expected).max())
-    log.info("%s: largest probability gap to torch on %d probe images %.2g", export.FP32_FORMAT, len(probe), gap)
-    card = replace(card, formats={**card.formats, export.FP32_FORMAT: ServingFormat(file, "fp32")})
+    log.info("%s: largest probability gap to torch on %d probe images %.2g", FP32_FORMAT, len(probe), gap)
+    card = replace(card, formats={**card.formats, FP32_FORMAT: ServingFormat(file, "fp32")})
     write_card(model_dir, card)
     return card
 
 
 def main(args: argparse.Namespace) -> int:
-    if not export.openvino_available(calibration=args.data is not None):
+    if not openvino_available(calibration=args.data is not None):
         log.error("needs OpenVINO%s: run it in the full image, or pip install 'imgclf[openvino]'",
                   " and NNCF" if args.data else "")
         return 1
@@ -60,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
             card = add_fp32(args.model_dir, model, card)
         else:
             images = ImageFolderDataset(args.data, card.classes, ClassificationPresetEval.from_settings(card.eval))
-            card = export.export_serving_formats(args.model_dir, model, card, calibration=images, validation=images)
+            card = export_serving_formats(args.model_dir, model, card, calibration=images, validation=images)
     except (ModelError, OSError, ValueError) as e:
         log.error("cannot export %s: %s", args.model_dir, e)
         return 1

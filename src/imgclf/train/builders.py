@@ -15,16 +15,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset
 
+from ..artifact.card import ModelCard
+from ..artifact.images import EvalSettings
+from ..artifact.network import create_model, head
+from ..callbacks import Callbacks
+from ..names import UserError, cpu_count
 from . import distributed, features, linear_probe, optim, precision, shard_dataset
-from . import model as models
-from .callbacks import Callbacks
+from .backbone import find_imagenet_weights, freeze_backbone, load_backbone, normalisation
 from .checkpoint import CHECKPOINT_FILE
-from .contract import TrainingEnvironment, UserError
-from .names import cpu_count
+from .contract import TrainingEnvironment
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
 from .ema import BestWeights, WeightsEma
 from .engine import autocast, memory_format, unwrap
-from .presets import ClassificationPresetEval, ClassificationPresetTrain, EvalSettings
+from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .shards import is_shard_folder
 
 log = logging.getLogger("imgclf.train")
@@ -88,7 +91,7 @@ def uses_features(args) -> bool:
 
 
 def build_transforms(args) -> Transforms:
-    mean, std = models.normalisation(args.arch)
+    mean, std = normalisation(args.arch)
     eval_settings = EvalSettings.for_image_size(args.image_size, mean=mean, std=std, crop_ratio=args.eval_crop_ratio)
     eval_tf = ClassificationPresetEval.from_settings(eval_settings)
     train_tf = (ClassificationPresetTrain(crop_size=args.image_size, mean=mean, std=std, crop_scale=args.crop_scale,
@@ -135,18 +138,18 @@ def build_splits(job: Job, transforms: Transforms, channel_set: features.Feature
 
 
 def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
-    model = models.create_model(args.arch, len(classes))
+    model = create_model(args.arch, len(classes))
     if args.pretrained:
-        weights = models.find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+        weights = find_imagenet_weights(args.arch, env.channels.get("pretrained"))
         if weights is None:
             raise UserError(
                 f"no ImageNet weights for {args.arch}: add a 'pretrained' channel with {args.arch}.pth "
                 f"(a torchvision state_dict), build the image with --build-arg PRETRAINED_ARCHS={args.arch}, "
                 "or set pretrained=false to train from scratch"
             )
-        models.load_backbone(model, weights)
+        load_backbone(model, weights)
     if args.freeze:
-        models.freeze_backbone(model)
+        freeze_backbone(model)
     return model.to(device, memory_format=memory_format(device, args))
 
 
@@ -169,7 +172,7 @@ def choose_precision(job: Job, model: nn.Module) -> None:
     job.args = argparse.Namespace(**{**vars(args), "amp": use})
 
 
-def probe_head(job: Job, model: nn.Module, card: models.ModelCard, transforms: Transforms) -> None:
+def probe_head(job: Job, model: nn.Module, card: ModelCard, transforms: Transforms) -> None:
     """lp-ft's linear probe: fit the head on cached backbone features of the training and validation
     images (never the test set) before fine-tuning. Skipped where it cannot help or has run."""
     args, env = job.args, job.env
@@ -185,7 +188,7 @@ def probe_head(job: Job, model: nn.Module, card: models.ModelCard, transforms: T
                      lambda: autocast(job.device, args.amp))
 
 
-def feature_splits(job: Job, model: nn.Module, card: models.ModelCard, images: Splits,
+def feature_splits(job: Job, model: nn.Module, card: ModelCard, images: Splits,
                    channel_set: features.FeatureSet | None) -> features.FeatureSet:
     """Each split's backbone features: read from the cache or channel, else computed once."""
     args, device = job.args, job.device
@@ -197,7 +200,7 @@ def build_learner(job: Job, model: nn.Module, trains_head_only: bool) -> Learner
     args, device = job.args, job.device
     optimizer = optim.build_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
-    net = models.head(model) if trains_head_only else model
+    net = head(model) if trains_head_only else model
     weights_ema = WeightsEma(net, args.ema_decay) if args.ema_decay else None
     return Learner(model, net, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer, scaler,
                    weights_ema)

@@ -19,19 +19,39 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from . import debug, distributed, export, features, hyperparameters, tracking
-from . import model as models
-from .builders import (Job, Learner, Splits, build_learner, build_loaders, build_model, build_schedule, build_splits,
-                       build_transforms, choose_precision, default_workers, feature_splits, keep_best,
-                       open_features_channel, probe_head, restore_best, seed_everything, uses_features,
-                       wrap_distributed)
-from .callbacks import Callback, Callbacks, TrainingJob
+from .. import debug, tracking
+from ..artifact import export
+from ..artifact.card import ModelCard
+from ..artifact.network import save_artifact
+from ..callbacks import Callback, Callbacks, TrainingJob
+from ..names import LOG_FORMAT, UserError
+from . import distributed, features, hyperparameters
+from .builders import (
+    Job,
+    Learner,
+    Splits,
+    build_learner,
+    build_loaders,
+    build_model,
+    build_schedule,
+    build_splits,
+    build_transforms,
+    choose_precision,
+    default_workers,
+    feature_splits,
+    keep_best,
+    open_features_channel,
+    probe_head,
+    restore_best,
+    seed_everything,
+    uses_features,
+    wrap_distributed,
+)
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .contract import TrainingEnvironment, UserError, failure_reason, run_job
+from .contract import TrainingEnvironment, failure_reason, run_job
 from .data import set_epoch
 from .engine import SIGTERM_EXIT, StopRequest, TrainState, evaluate, train_one_epoch, unwrap
 from .metrics import format_metrics
-from .names import LOG_FORMAT
 
 log = logging.getLogger("imgclf.train")
 
@@ -78,7 +98,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     transforms = build_transforms(args)
     channel_set = open_features_channel(job)
     images = build_splits(job, transforms, channel_set)
-    card = models.ModelCard(arch=args.arch, classes=tuple(images.classes), eval=transforms.eval_settings)
+    card = ModelCard(arch=args.arch, classes=tuple(images.classes), eval=transforms.eval_settings)
     model = build_model(args, images.classes, env, device)
     choose_precision(job, model)
     args = job.args
@@ -192,10 +212,10 @@ def validate_ema(job: Job, learner: Learner, loader, valid: tuple[float, float],
     return dict(ema_valid_loss=loss, ema_valid_acc=acc)
 
 
-def write_artifact(job: Job, model: nn.Module, card: models.ModelCard, images: Splits, eval_tf) -> None:
+def write_artifact(job: Job, model: nn.Module, card: ModelCard, images: Splits, eval_tf) -> None:
     """model.pt and model.json, then the faster copies for CPU serving (OpenVINO float32 and int8),
     calibrated on training images and checked on the validation set."""
-    models.save_artifact(job.env.model_dir, model, card)
+    save_artifact(job.env.model_dir, model, card)
     if job.args.serving_formats and images.train is not None:
         export.export_serving_formats(job.env.model_dir, model, card,
                                       calibration=export.with_transform(images.train, eval_tf),

@@ -13,13 +13,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import decode_value, hyperparameters_to_argv
-from .names import (DEBUG_SAVE_INTERVAL, MIN_DEBUG_SAVE_INTERVAL, MIN_PROFILER_INTERVAL_MS, PROFILER_INTERVAL_MS,
-                    UserError)
+from ..artifact.card import ARCHS
+from ..names import (
+    DEBUG_SAVE_INTERVAL,
+    MIN_DEBUG_SAVE_INTERVAL,
+    MIN_PROFILER_INTERVAL_MS,
+    PROFILER_INTERVAL_MS,
+    UserError,
+)
 from . import recipe
+from .contract import decode_value, hyperparameters_to_argv
 from .recipe import BEST_KNOWN
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_lite0")
 
 
 def str2bool(value: str) -> bool:

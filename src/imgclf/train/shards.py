@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .names import UserError
+from ..names import UserError
 
 INDEX_FILE = "shards.json"
 SHARD_PATTERN = "shard-{:06d}.tar"

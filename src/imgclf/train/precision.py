@@ -17,18 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..artifact.network import bf16_supported
+
 log = logging.getLogger(__name__)
 
 PROBE_BATCH = 4
 PROBE_ROUNDS = 2  # timed steps per precision, alternated, after one untimed step each
-
-
-def bf16_supported(device) -> bool:
-    """Whether `device` (a torch.device or its name) computes in bfloat16 natively: a GPU that
-    says so, or a CPU with AVX-512 BF16 or AMX (oneDNN's own check)."""
-    if str(device).startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -1,12 +1,4 @@
-"""Networks by architecture name, ImageNet weights, and the model artifact.
-
-The artifact is what training writes to the model dir and serving reads back:
-
-    model.pt    the state_dict, loadable with torch.load(..., weights_only=True)
-    model.json  the model card (card.py): arch, classes, eval transform, faster formats
-
-Serving rebuilds the network from `model.json` and loads `model.pt` without unpickling code.
-"""
+"""The pretrained backbone: ImageNet weights found and loaded, and frozen for transfer learning."""
 from __future__ import annotations
 
 import hashlib
@@ -21,10 +13,9 @@ import torch
 import torchvision
 from torch import nn
 
-# torch-free: the card (model.json) lives in card.py, which the CPU image serves from without torch
-from .card import (FORMAT_VERSION, Agreement, ModelCard, ModelError, ServingFormat,  # noqa: F401
-                   check_arch, load_card, write_card)
-from .names import CARD_FILE, WEIGHTS_FILE  # noqa: F401
+from ..artifact.card import ModelError
+from ..artifact.images import IMAGENET_MEAN, IMAGENET_STD
+from ..artifact.network import head, head_name
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +24,11 @@ WEIGHTS_DIR_ENV = "IMGCLF_WEIGHTS_DIR"
 DOWNLOAD_TIMEOUT_S = 30  # a job without the internet gives up this soon
 
 
-def create_model(arch: str, num_classes: int) -> nn.Module:
-    """The network with randomly initialised weights and a head for `num_classes`."""
-    check_arch(arch)
-    if arch == "efficientnet_lite0":
-        from efficientnet_lite_pytorch import EfficientNet
-
-        return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
-    return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
-
-
-def head_name(model: nn.Module) -> str:
-    """Attribute name of the classifier layer that transfer learning replaces."""
-    return "fc" if hasattr(model, "fc") else "_fc"
-
-
-def head(model: nn.Module) -> nn.Linear:
-    return getattr(model, head_name(model))
-
-
 def normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean and std the ImageNet weights of `arch` were trained with."""
     if arch == "efficientnet_lite0":  # TF-Lite preprocessing: (x - 127) / 128
         return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def find_imagenet_weights(arch: str, pretrained_channel: Path | None) -> Path | None:
@@ -164,21 +136,3 @@ def train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
                 freeze_bn_stats or not any(p.requires_grad for p in m.parameters())):
             m.eval()
-
-
-def save_artifact(model_dir: Path, model: nn.Module, card: ModelCard) -> None:
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, model_dir / WEIGHTS_FILE)
-    write_card(model_dir, card)
-
-
-def load_artifact(model_dir: Path, map_location="cpu") -> tuple[nn.Module, ModelCard]:
-    """The network in eval mode and its card, from a model dir that `save_artifact` wrote."""
-    model_dir = Path(model_dir)
-    card = load_card(model_dir)
-    model = create_model(card.arch, len(card.classes))
-    state = torch.load(model_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-    model.load_state_dict(state)
-    return model.eval(), card

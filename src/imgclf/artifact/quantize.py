@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..names import LOG_FORMAT
 from .int8_kernels import AVX2_ENVIRON, CAP_ENV
-from .names import LOG_FORMAT
 from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, read_model, save_model
 from .signalstack import keep_signal_stack
 

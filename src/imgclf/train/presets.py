@@ -1,8 +1,9 @@
-"""Image transforms for training and evaluation, in one place.
+"""Image transforms for training and evaluation with torchvision, in one place.
 
-Evaluation settings (`EvalSettings`) are stored in the model artifact, and serving builds its
-transform from them through `ClassificationPresetEval`, so training and serving never disagree
-about sizes, interpolation or normalisation.
+Evaluation settings (`EvalSettings`) are stored in the model artifact. Training evaluates through
+`ClassificationPresetEval`; serving applies the same settings with Pillow and numpy
+(artifact/images.py's `EvalTransform`, checked against this preset in the tests), so training and
+serving never disagree about sizes, interpolation or normalisation.
 """
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
-# torch-free: decoding and the evaluation settings live in images.py (the CPU image serves without torch)
-from .images import IMAGENET_MEAN, IMAGENET_STD, EvalSettings, load_rgb, reduce_on_decode, to_rgb  # noqa: F401
-from .recipe import AUTO_AUGMENTS, CLASSIC_CROP_RATIO  # noqa: F401
+from ..artifact.images import IMAGENET_MEAN, IMAGENET_STD, EvalSettings
+from .recipe import AUTO_AUGMENTS
 
 
 def auto_augment_op(name: str, interpolation: InterpolationMode):

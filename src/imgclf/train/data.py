@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torch.utils.data.dataloader import default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from .contract import UserError
-from .presets import load_rgb
+from ..artifact.images import load_rgb
+from ..names import UserError
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,10 @@ import torch.distributed as dist
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .contract import UserError
+from ..artifact.images import load_rgb
+from ..names import UserError
 from .data import UNREADABLE
-from .presets import load_rgb
-from .shards import (INDEX_FILE, ShardIndex, image_and_label, is_shard_folder, read_index, read_samples,
-                     shard_files)
+from .shards import INDEX_FILE, ShardIndex, image_and_label, is_shard_folder, read_index, read_samples, shard_files
 
 log = logging.getLogger(__name__)
 

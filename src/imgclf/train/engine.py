@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..callbacks import Callback, StepRecord
+from ..names import UserError
 from . import distributed, precision
-from . import model as models
+from .backbone import train_mode
 from .ema import WeightsEma
-from .callbacks import Callback, StepRecord
-from .contract import UserError
 from .optim import Schedule
 
 log = logging.getLogger("imgclf.train")
@@ -124,7 +124,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
                     callbacks: Callback, schedule: Schedule | None = None, weights_ema: WeightsEma | None = None):
     """One pass over the training data; `schedule` sets the lr before each step, `weights_ema` follows
     the weights after it. Returns (Tally, interrupted by SIGTERM)."""
-    models.train_mode(model, args.freeze_bn_stats)
+    train_mode(model, args.freeze_bn_stats)
     tally = Tally(device)
     start = time.perf_counter()
     lap = _Laps(device, callbacks.device_sync)

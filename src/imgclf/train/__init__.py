@@ -1,0 +1,1 @@
+"""The training job: the SageMaker contract, hyperparameters and recipes, data, the loop, checkpoints."""
