@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 from imgclf.artifact import export, quantize
 from imgclf.artifact.card import ModelCard, load_card
 from imgclf.artifact.images import EvalSettings
-from imgclf.artifact.int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
+from imgclf.artifact.int8_kernels import AVX2, VNNI, AVX2Runner, ChildEnded, int8_kernels
 from imgclf.artifact.network import create_model, save_artifact
 from imgclf.train.data import ImageFolderDataset, find_classes
 from imgclf.train.presets import ClassificationPresetEval, ClassificationPresetTrain
@@ -61,28 +61,63 @@ def test_formats_and_their_agreement_are_recorded_in_model_json(exported):
     assert fp32.by_kernels == {}  # float32 arithmetic is the same everywhere
 
 
-def test_int8_is_still_checked_with_this_cpus_kernels_when_the_avx2_child_fails(exported, monkeypatch, caplog):
+class EndingChild:
+    """An AVX2 child process that ends before it answers."""
+
+    def __init__(self, ir):
+        pass
+
+    def __call__(self, pixels):
+        raise ChildEnded("the AVX2 child process ended (exit 1)")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def check_on_host(exported, monkeypatch, kernels: str):
+    """check_formats as a host whose int8 kernels are `kernels` runs it."""
     model_dir, model, card, valid = exported
-
-    class Failing:
-        def __init__(self, ir):
-            pass
-
-        def __call__(self, pixels):
-            raise RuntimeError("the AVX2 child process ended (exit 1)")
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr(export, "int8_kernels", lambda: VNNI)
-    monkeypatch.setattr(export, "AVX2Runner", Failing)
+    monkeypatch.setattr(export, "int8_kernels", lambda: kernels)
     fp32 = export.read_model(model_dir / card.formats["openvino_fp32"].file)
-    fp32_checked, int8_checked = export.check_formats(model, fp32, model_dir / card.formats["openvino_int8"].file, valid)
+    return export.check_formats(model, fp32, model_dir / card.formats["openvino_int8"].file, valid)
+
+
+@pytest.mark.parametrize("kernels", [AVX2, "aarch64"])
+def test_int8_is_checked_with_the_hosts_own_kernels_alone_where_it_has_no_other(exported, monkeypatch, kernels):
+    """An AVX2-only x86 host and an arm64 host have one kind of int8 arithmetic: no child, one check."""
+    monkeypatch.setattr(export, "AVX2Runner", EndingChild)  # would fail the check if it were started
+    fp32_checked, int8_checked = check_on_host(exported, monkeypatch, kernels)
+    assert set(int8_checked) == {kernels} and fp32_checked.top1_agreement == 1.0
+    assert int8_checked[kernels].images == len(exported[3])
+
+
+def test_int8_is_still_checked_with_this_cpus_kernels_when_the_avx2_child_ends(exported, monkeypatch, caplog):
+    monkeypatch.setattr(export, "AVX2Runner", EndingChild)
+    fp32_checked, int8_checked = check_on_host(exported, monkeypatch, VNNI)
     assert set(int8_checked) == {VNNI} and fp32_checked.top1_agreement == 1.0
     assert "int8 not checked with avx2 kernels: the AVX2 child process ended (exit 1)" in caplog.text
+
+
+@pytest.mark.parametrize("kernels", [VNNI, AVX2, "aarch64"])
+def test_a_check_that_fails_raises_its_own_error(exported, monkeypatch, kernels):
+    """Only the child's ending is retried: any other failure reaches the caller as it was raised, even
+    where a second try would pass (and record too few checks)."""
+    calls = []
+    agreements = export.agreements
+
+    def failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory in the int8 check")
+        return agreements(*args, **kwargs)
+
+    monkeypatch.setattr(export, "agreements", failing_once)
+    monkeypatch.setattr(export, "AVX2Runner", EndingChild)
+    with pytest.raises(RuntimeError, match="^out of memory in the int8 check$"):
+        check_on_host(exported, monkeypatch, kernels)
 
 
 def test_stored_files_are_an_xml_graph_and_raw_weights(exported):

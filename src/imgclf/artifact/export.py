@@ -38,7 +38,7 @@ from torch.utils.data.dataloader import default_collate
 
 from ..names import CALIBRATION_DIR
 from .card import INT8_MIN_AGREEMENT, Agreement, ModelCard, ServingFormat, write_card
-from .int8_kernels import AVX2, VNNI, AVX2Runner, int8_kernels
+from .int8_kernels import AVX2, VNNI, AVX2Runner, ChildEnded, int8_kernels
 from .network import to_openvino
 from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, openvino_available, read_model, save_model
 from .quantize import Answers, quantize_to_agreement, quantize_with_avx2_kernels
@@ -149,7 +149,8 @@ def agreement(reference: nn.Module, compiled, validation: Dataset, limit: int = 
 
 def check_formats(reference: nn.Module, fp32, int8_ir: Path, validation: Dataset) -> tuple[Agreement, dict]:
     """The float32 copy's agreement, and the int8 copy's with each kind of int8 kernels this machine
-    can run (int8_kernels.py): its own, and on a "vnni" CPU "avx2" in a capped child process."""
+    can run (int8_kernels.py): its own, and on a "vnni" CPU "avx2" in a capped child process. When
+    that child ends early, the check is made again without it; any other error is raised as it is."""
     own = int8_kernels()
     int8 = {own: compile_model(read_model(int8_ir))}
     with contextlib.ExitStack() as children:
@@ -157,7 +158,7 @@ def check_formats(reference: nn.Module, fp32, int8_ir: Path, validation: Dataset
             int8[AVX2] = children.enter_context(AVX2Runner(int8_ir))
         try:
             fp32_checked, *int8_checked = agreements(reference, [compile_model(fp32), *int8.values()], validation)
-        except RuntimeError as e:  # the child failed: this CPU's own kernels still tell
+        except ChildEnded as e:  # this CPU's own kernels still tell
             log.warning("int8 not checked with %s kernels: %s", AVX2, e)
             del int8[AVX2]
             fp32_checked, *int8_checked = agreements(reference, [compile_model(fp32), *int8.values()], validation)

@@ -77,6 +77,10 @@ def read_array(stream) -> np.ndarray:
     return np.frombuffer(read_exactly(stream, 4 * int(np.prod(shape))), np.float32).reshape(shape)
 
 
+class ChildEnded(RuntimeError):
+    """The AVX2 child process ended before answering: its answers are missing, not wrong."""
+
+
 class AVX2Runner:
     """An IR compiled in a child process whose oneDNN is capped to AVX2: call it as a compiled model
     (`runner(pixels)[0]` are the logits). Close it, or use it in a `with` block."""
@@ -91,7 +95,7 @@ class AVX2Runner:
             write_array(self.process.stdin, pixels)
             return [read_array(self.process.stdout)]
         except (EOFError, BrokenPipeError):
-            raise RuntimeError(f"the AVX2 child process ended (exit {self.process.wait()})") from None
+            raise ChildEnded(f"the AVX2 child process ended (exit {self.process.wait()})") from None
 
     def close(self) -> None:
         if self.process.stdin and not self.process.stdin.closed:
