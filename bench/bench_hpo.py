@@ -5,11 +5,13 @@ efficientnet_lite0 with its ImageNet weights (the efficientnet-lite0-pytorch-mod
 backbone frozen, on a few hundred real Fashion-MNIST photos (Debian's dataset-fashion-mnist).
 Both searches run the same trials: the same TPE sampler seed, `--epochs` a trial, no pruning,
 augmentation off (cached features have none, so the naive search gets none either and both
-compute the same thing). The naive search pushes every image through the backbone in every
+train the same heads on the same inputs, from other draws of their initial weights: a cached
+trial builds its head alone). The naive search pushes every image through the backbone in every
 epoch of every trial; the cached one computes the features once and trains only the heads.
 `--pruning` also runs the naive search with the median pruner and reports what it saved.
-Then the cached search once more under cProfile, for where a trial's time goes (build the network and
-load its weights, read the features, train, evaluate, checkpoint, write the artifact):
+Then the cached search once more under cProfile, for where a trial's time goes (build the model, here
+the head alone; read the features, train, evaluate, checkpoint, write the artifact, here the head:
+the best trial's whole network is written once, after the trials, outside the split):
 
     hpo-trial-split: trials=8 per_trial_s=<s> build_model=<%> features=<%> train=<%> ... other=<%>
 
@@ -56,10 +58,12 @@ def tune(data: Path, out: Path, *, trials: int, fixed: dict, features: bool, pru
     return seconds, best["objective"]["value"], pruned
 
 
-# where a cached trial's time goes: (module, function) of the training job's parts
-TRIAL_PARTS = {"build_model": ("builders.py", "build_model"), "features": ("features.py", "for_job"),
-               "train": ("engine.py", "train_one_epoch"), "evaluate": ("train.py", "evaluate_split"),
-               "checkpoint": ("checkpoint.py", "save_checkpoint"), "artifact": ("train.py", "write_artifact")}
+# where a cached trial's time goes: the (module, function) pairs of each of the training job's parts
+TRIAL_PARTS = {"build_model": (("builders.py", "build_model"), ("features.py", "head_alone")),
+               "features": (("features.py", "for_job"),), "train": (("engine.py", "train_one_epoch"),),
+               "evaluate": (("job.py", "evaluate_split"), ("evaluation.py", "run")),
+               "checkpoint": (("checkpoint.py", "save_checkpoint"),),
+               "artifact": (("job.py", "write_artifact"),)}
 
 
 def trial_split(data: Path, out: Path, *, trials: int, fixed: dict, seed: int) -> str:
@@ -76,7 +80,7 @@ def trial_split(data: Path, out: Path, *, trials: int, fixed: dict, seed: int) -
         return sum(v[3] for (file, _, fn), v in stats.items() if fn == name and file.endswith(module))
 
     total = seconds("search.py", "run_trial")
-    parts = {k: seconds(*where) for k, where in TRIAL_PARTS.items()}
+    parts = {k: sum(seconds(*w) for w in where) for k, where in TRIAL_PARTS.items()}
     parts["other"] = total - sum(parts.values())
     return (f"hpo-trial-split: trials={trials} per_trial_s={total / trials:.2f} "
             + " ".join(f"{k}={v / total:.0%}" for k, v in parts.items()))

@@ -33,8 +33,8 @@ from imgclf.train import backbone
 from imgclf.callbacks import Callbacks, TrainingJob
 from imgclf.debug.monitor import Monitor
 from imgclf.debug.settings import MonitorSettings
-from imgclf.train.engine import StopRequest, train_one_epoch
-from imgclf.train.hyperparameters import str2bool
+from imgclf.train.engine import Learner, StopRequest, train_one_epoch
+from imgclf.train.hyperparameters import BY_NAME, str2bool
 
 
 class Limited:
@@ -60,8 +60,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="measured steps per run")
     p.add_argument("--rounds", type=int, default=5, help="plain/profiled runs alternate; medians are compared")
     args = p.parse_args()
-    args.log_interval = 0
-    args.freeze_bn_stats = False
+    args.pretrained = BY_NAME["pretrained"].default  # the job's: the monitor watches the new head's start
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = network.create_model(args.arch, 10)
     if args.freeze:
@@ -72,25 +71,25 @@ def main() -> None:
              0)
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
     criterion = torch.nn.CrossEntropyLoss()
-    topology, stop = distributed.Topology(), StopRequest()
+    topology, stop = distributed.Topology(), StopRequest.for_device(device)
 
     with tempfile.TemporaryDirectory() as tmp:
         # the job's defaults: profiler and rules on, 500 ms sampling, no trace
         monitor = Monitor(MonitorSettings(output_data_dir=Path(tmp)))
         env = Namespace(current_host="bench")
         monitor.on_train_begin(TrainingJob(model, criterion, optimizer, args, env, topology, device))
-        sides = {"plain": Callbacks([]), "profiled": Callbacks([monitor])}
+        sides = {name: Learner(model, model, criterion, optimizer, scaler, device, topology, callbacks, mixed=args.amp)
+                 for name, callbacks in (("plain", Callbacks([])), ("profiled", Callbacks([monitor])))}
 
         def run(name: str, epoch: int) -> tuple[float, float]:
             """(images per wall-clock second, images per CPU second of the whole process)."""
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, cpu = time.perf_counter(), time.process_time()
-            tally, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(itertools.repeat(batch), args.steps),
-                                       device, epoch, args, topology, stop, sides[name])
-            sides[name].on_epoch_end(epoch, {"epoch": epoch, "train_loss": 1.0, "valid_loss": 1.0})
+            tally, _ = train_one_epoch(sides[name], Limited(itertools.repeat(batch), args.steps), epoch, stop)
+            sides[name].callbacks.on_epoch_end(epoch, {"epoch": epoch, "train_loss": 1.0, "valid_loss": 1.0})
             tally.loss.item()  # waits for the last step on an accelerator
             return tally.seen / (time.perf_counter() - start), tally.seen / (time.process_time() - cpu)
 

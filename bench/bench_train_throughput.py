@@ -37,12 +37,11 @@ from imgclf.train import distributed, precision
 from imgclf.artifact import network
 from imgclf.artifact.card import ARCHS
 from imgclf.train import backbone
-from imgclf.callbacks import Callbacks
 from imgclf.train.data import ImageFolderDataset, find_classes, make_loader
 from imgclf.train.hyperparameters import str2bool
 from imgclf.train.presets import ClassificationPresetTrain
 from imgclf.train.builders import default_workers
-from imgclf.train.engine import StopRequest, train_one_epoch
+from imgclf.train.engine import Learner, StopRequest, train_one_epoch
 
 NVIDIA_A100_RESNET50_AMP = 2470.0  # images/s, NVIDIA DeepLearningExamples, 1x A100 80GB, AMP, batch 256
 
@@ -77,17 +76,15 @@ def measure(model, loader, args, device, warmup: int) -> float:
     """Images/s of train_one_epoch over `loader` after `warmup` steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and args.amp)
-    criterion = torch.nn.CrossEntropyLoss()
-    topology, stop = distributed.Topology(), StopRequest()
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
+    learner = Learner(model, model, torch.nn.CrossEntropyLoss(), optimizer, scaler, device, mixed=args.amp)
+    stop = StopRequest.for_device(device)
     if warmup:
-        train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, warmup), device, 0, args, topology, stop,
-                        Callbacks())
+        train_one_epoch(learner, Limited(loader, warmup), 0, stop)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    tally, _ = train_one_epoch(model, criterion, optimizer, scaler, Limited(loader, args.steps), device, 1, args,
-                               topology, stop, Callbacks())
+    tally, _ = train_one_epoch(learner, Limited(loader, args.steps), 1, stop)
     tally.loss.item()  # waits for the last step on an accelerator
     return tally.seen / (time.perf_counter() - start)
 
@@ -123,8 +120,6 @@ def main() -> None:
     p.add_argument("--compare-precision", action="store_true", help="float32 vs mixed precision, same batches")
     p.add_argument("--images", type=Path, help="class folders of JPEGs (default: generated 500x375 photos)")
     args = p.parse_args()
-    args.log_interval = 0
-    args.freeze_bn_stats = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = args.num_workers if args.num_workers is not None else default_workers(distributed.Topology())
     n_images = args.batch_size * (args.steps + args.warmup + 1)  # the loader cycles over these

@@ -55,6 +55,9 @@ class MockContext:
     def get_all_request_header(self, idx):
         return self.headers[idx]
 
+    def get_request_id(self, idx=0):  # MMS's own id of each request of the batch
+        return f"mms-{idx}"
+
     def set_response_status(self, code=200, phrase="", idx=0):
         self.status[idx] = (code, phrase)
 

@@ -1,12 +1,13 @@
-"""The training loop's observer interface: call order, step records, a callback that stops the job, and
-the abort event of a job ended by an exception or SIGTERM."""
+"""The training loop's observer interface: call order, step records, a callback that stops the job, one
+that fails and turns itself off, and the abort event of a job ended by an exception or SIGTERM."""
+import logging
 import os
 import signal
 
 import pytest
 from test_train import job_env
 
-from imgclf.callbacks import Callback
+from imgclf.callbacks import Callback, FailSafeCallback, fail_safe
 from imgclf.train.engine import SIGTERM_EXIT
 from imgclf.train.job import main, parse_hyperparameters
 
@@ -103,3 +104,37 @@ def test_a_failing_abort_callback_does_not_hide_the_reason(tmp_path, image_folde
     with pytest.raises(RuntimeError, match="stop here"):
         main(parse_hyperparameters(env.hyperparameters), env, callbacks=[Broken(), recorder])
     assert recorder.calls[-1][0] == "train_abort"
+
+
+class FailsAtStep2(FailSafeCallback):
+    what = "the step counter"
+
+    def __init__(self):
+        self.steps, self.epochs = [], []
+
+    @fail_safe
+    def on_step_end(self, record):
+        self.steps.append(record.step)
+        if record.step == 2:
+            raise ZeroDivisionError("a bug in a callback")
+
+    @fail_safe
+    def on_epoch_end(self, epoch, metrics):
+        self.epochs.append(epoch)
+
+
+def test_a_failing_fail_safe_callback_logs_once_turns_itself_off_and_training_goes_on(tmp_path, image_folders,
+                                                                                        caplog):
+    env = job_env(tmp_path, image_folders)
+    failing, recorder = FailsAtStep2(), Recorder()
+    with caplog.at_level(logging.DEBUG, logger="imgclf.callbacks"):
+        assert main(parse_hyperparameters(env.hyperparameters), env, callbacks=[failing, recorder]) == 0
+    assert failing.off and failing.steps == [1, 2] and failing.epochs == []  # nothing called after the failure
+    assert len(recorder.steps) == 8 and recorder.calls[-1] == ("train_end", 3)  # the others saw the whole job
+    assert (env.model_dir / "model.pt").is_file()
+    records = [r for r in caplog.records if "the step counter" in r.getMessage()]
+    warnings = [r for r in records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "the step counter stopped (training goes on): ZeroDivisionError: a bug in a callback"]
+    assert warnings[0].exc_info is None  # one line, no traceback
+    assert [r.exc_info[0] for r in records if r.levelno == logging.DEBUG] == [ZeroDivisionError]  # it is at debug

@@ -49,7 +49,7 @@ def test_debughookconfig_json_from_sagemaker_decides_where_and_what(tmp_path, im
 def test_a_failing_hook_is_logged_and_training_goes_on(tmp_path, image_folders, monkeypatch, caplog, break_smdebug):
     if break_smdebug == "missing":
         monkeypatch.setitem(sys.modules, "smdebug", None)
-        expected = "could not start"
+        expected = "ModuleNotFoundError"
     else:
         from smdebug.pytorch import Hook
 
@@ -57,9 +57,10 @@ def test_a_failing_hook_is_logged_and_training_goes_on(tmp_path, image_folders, 
             raise RuntimeError("cannot register a hook on a tensor that doesn't require gradient")
 
         monkeypatch.setattr(Hook, "forward_hook", broken)
-        expected = "failed during training"
+        expected = "RuntimeError: cannot register a hook"
     env = job_env(tmp_path, image_folders, epochs="1", **{"debug-collections": "losses,gradients"})
-    with caplog.at_level(logging.WARNING, "imgclf.debug"):
+    with caplog.at_level(logging.WARNING):
         assert run(env) == 0
-    assert f"smdebug hook {expected}, training goes on without saving tensors" in caplog.text
+    stopped = [r for r in caplog.records if "saving tensors with smdebug stopped (training goes on)" in r.getMessage()]
+    assert len(stopped) == 1 and expected in stopped[0].getMessage()
     assert (env.model_dir / "model.pt").is_file()

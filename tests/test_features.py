@@ -1,6 +1,7 @@
 """The feature cache: a head trained on cached backbone features matches one trained through the
 backbone, the artifact is still the whole network, sets are reused by key and refused when they
-belong to another job, and a features channel (folder or model.tar.gz) replaces the image channels."""
+belong to another job, a features channel (folder or model.tar.gz) replaces the image channels, and a
+head trained alone is completed only with the backbone its features came from."""
 import json
 import os
 import tarfile
@@ -11,6 +12,8 @@ import torch
 from conftest import load_artifact
 from test_train import job_env
 
+from imgclf.artifact.card import ModelCard
+from imgclf.artifact.images import EvalSettings
 from imgclf.train import backbone
 from imgclf.names import UserError
 from imgclf.train import features
@@ -116,3 +119,13 @@ def test_a_features_archive_with_a_link_is_refused(tmp_path):
     with pytest.raises(UserError, match="model.tar.gz: 'manifest.json' is a link"):
         features.open_channel(channel, tmp_path / "scratch")
     assert not (tmp_path / "scratch" / "manifest.json").exists()
+
+
+def test_a_head_alone_is_completed_only_with_the_backbone_its_features_came_from(tmp_path):
+    model_dir = tmp_path / "model"
+    card = ModelCard(arch="efficientnet_lite0", classes=("a", "b"), eval=EvalSettings.for_image_size(64))
+    features.save_head(model_dir, features.HeadAlone(1280, 2), card)
+    other = features.FeatureSet(tmp_path, {"identity": {"weights_sha256": "0" * 64}})
+    with pytest.raises(UserError, match="not those the features"):
+        features.complete_artifact(model_dir, other, None)
+    assert (model_dir / features.HEAD_FILE).is_file() and not (model_dir / "model.pt").exists()

@@ -9,11 +9,15 @@ import sys
 
 import optuna
 import pytest
+import torch
 
+from imgclf.artifact.network import head, load_artifact
+from imgclf.callbacks import Callback
 from imgclf.hpo import OBJECTIVE_METRIC, SEARCH_SPACE, search
 from imgclf.hpo.progress import Progress
 from imgclf.hpo.study import summary
 from imgclf.names import UserError
+from imgclf.train import backbone, builders, features
 
 FIXED = {"arch": "efficientnet_lite0", "recipe": "linear", "image-size": "32", "epochs": "2", "num-workers": "0"}
 
@@ -87,6 +91,50 @@ def test_search_with_cached_features_writes_best_and_resumes_without_redoing(tmp
     other = search.Search(channels(image_folders), tmp_path / "out", trials=3, fixed={**FIXED, "epochs": "3"})
     with pytest.raises(UserError, match="other settings"):
         search.run(other)
+
+
+class TrialHeads(Callback):
+    """What each trial's job wrote into its model dir, and the head it trained, by trial folder."""
+
+    def __init__(self):
+        self.files, self.heads = {}, {}
+
+    def on_train_begin(self, job):
+        self.job = job
+
+    def on_train_end(self, history):
+        trial = self.job.env.model_dir.parent.name
+        self.files[trial] = {p.name for p in self.job.env.model_dir.iterdir()}
+        self.heads[trial] = {k: v.clone() for k, v in head(self.job.model).state_dict().items()}
+
+
+def test_trials_on_cached_features_build_the_head_alone_and_the_best_becomes_a_whole_artifact(
+        tmp_path, image_folders, monkeypatch):
+    built = []  # every network built, through the job's builder or the artifact's completion
+
+    def counting(create):
+        return lambda arch, num_classes: built.append(arch) or create(arch, num_classes)
+
+    for module in (builders, features):
+        monkeypatch.setattr(module, "create_model", counting(module.create_model))
+    s = search.Search(channels(image_folders), tmp_path / "out", trials=3, fixed=FIXED, pruner="none")
+    trials = TrialHeads()
+    best = search.run(s, Progress(3, metric=OBJECTIVE_METRIC, epochs=2, stream=io.StringIO(), live=False),
+                      callbacks=[trials])
+    # one network for the features, one for the best trial's artifact; the trials build none
+    assert built == ["efficientnet_lite0", "efficientnet_lite0"]
+    assert len(trials.files) == 3
+    for files in trials.files.values():
+        assert features.HEAD_FILE in files and "model.json" in files and "model.pt" not in files
+
+    model_dir = tmp_path / "out" / best["model"]
+    assert not (model_dir / features.HEAD_FILE).exists()
+    net, card = load_artifact(model_dir)  # as serving loads it
+    assert card.arch == "efficientnet_lite0" and card.classes == ("blue", "green", "red")
+    trained = trials.heads[f"{best['trial']:03d}"]
+    assert torch.equal(head(net).weight, trained["weight"]) and torch.equal(head(net).bias, trained["bias"])
+    imagenet = torch.load(backbone.find_imagenet_weights("efficientnet_lite0", None), weights_only=True)
+    assert torch.equal(net._conv_stem.weight, imagenet["_conv_stem.weight"])
 
 
 def test_search_killed_mid_trial_resumes_with_the_same_command(tmp_path, image_folders):

@@ -130,10 +130,10 @@ def test_defaults_are_stated_once_and_shown_in_the_help():
         assert getattr(ServingEnvironment, name) == setting.default == getattr(ServingEnvironment.from_env({}), name)
 
 
-def test_readme_profile_table_matches_the_code():
+def test_the_profile_table_in_docs_serving_matches_the_code():
     import re
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
     rows = dict(re.findall(r"^\| (real-time|serverless|async|batch) \| .*\| (\d+) s \|$", readme, re.M))
     assert rows == {name: str(limits.response_timeout_s) for name, limits in environment.PROFILES.items()}
     sizes = dict(re.findall(r"^\| (real-time|serverless|async) \| [^|]+\| (\d+ [MG]iB) \|", readme, re.M))

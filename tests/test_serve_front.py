@@ -3,6 +3,7 @@ answers by itself, and what it passes on (tests/test_serve_server.py runs it wit
 import asyncio
 import io
 import json
+import logging
 import socket
 import tarfile
 import threading
@@ -13,6 +14,8 @@ import requests
 from aiohttp import web
 from serve_support import free_port, jpeg
 
+from imgclf.serve.environment import IN_MEMORY_BYTES
+from imgclf.serve.errors import INTERNAL_ERROR_MESSAGE
 from imgclf.serve.front import Front, accepts
 
 
@@ -274,3 +277,43 @@ def test_the_server_process_does_not_load_torch():
 
     code = "import sys, imgclf.serve.server; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.fixture
+def worker_died(loop):
+    """An upstream that answers as MMS does when a worker dies mid-request."""
+    async def handle(request):
+        return web.json_response({"code": 500, "type": "InternalServerException", "message": "Worker died."},
+                                 status=500)
+
+    yield from upstream(loop, handle)
+
+
+def test_the_request_id_goes_on_to_the_model_server_given_or_generated(front, echo):
+    url, _ = front(echo)
+    given = requests.post(url + "/invocations", data=b"\xff\xd8\xff", headers={"Content-Type": "image/jpeg",
+                                                                                "x-amzn-requestid": "c0ffee-1"})
+    assert given.json()["headers"]["X-Amzn-RequestId"] == "c0ffee-1"
+    generated = requests.post(url + "/invocations", data=b"\xff\xd8\xff", headers={"Content-Type": "image/jpeg"})
+    assert len(generated.json()["headers"]["X-Amzn-RequestId"]) == 32
+
+
+def test_a_500_from_the_model_server_is_a_fixed_message_and_the_request_id(front, worker_died, caplog):
+    url, _ = front(worker_died)
+    with caplog.at_level(logging.ERROR, "imgclf.serve"):
+        r = requests.post(url + "/invocations", data=b"\xff\xd8\xff", headers={"Content-Type": "image/jpeg",
+                                                                               "X-Amzn-RequestId": "c0ffee-2"})
+    assert r.status_code == 500 and r.headers["Content-Type"].startswith("application/json")
+    assert r.json()["request_id"] == "c0ffee-2" and "Worker died" not in r.text
+    assert "c0ffee-2" in caplog.text and "Worker died." in caplog.text
+
+
+def test_a_failure_in_the_front_is_a_500_with_the_id_and_the_traceback_in_the_log(front, echo, tmp_path, caplog):
+    (tmp_path / "file").write_text("")  # the spool folder cannot be created under a file
+    url, _ = front(echo, max_payload_bytes=IN_MEMORY_BYTES * 2, spool_dir=tmp_path / "file" / "spool")
+    with caplog.at_level(logging.ERROR):
+        r = requests.post(url + "/invocations", data=b"\xff\xd8\xff" + bytes(IN_MEMORY_BYTES),
+                          headers={"Content-Type": "image/jpeg", "X-Amzn-RequestId": "c0ffee-3"})
+    assert r.status_code == 500 and r.json()["request_id"] == "c0ffee-3"
+    assert r.json()["message"] == INTERNAL_ERROR_MESSAGE and str(tmp_path) not in r.text
+    assert "c0ffee-3" in caplog.text and "Traceback" in caplog.text and str(tmp_path / "file") in caplog.text

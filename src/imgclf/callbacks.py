@@ -14,10 +14,12 @@ profiler times steps; each is a `Callback`. The loop calls, in order:
                                         before the process exits (the report of a stopped job)
 
 An exception raised by a callback ends the job like any other (a pruned tuning trial does so on
-purpose); a callback that must never stop training catches its own.
+purpose); a callback that must never stop training (a profiler, a tracker) is a `FailSafeCallback`
+with `@fail_safe` methods.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +81,41 @@ class Callback:
     def on_train_end(self, history: list[dict]) -> None: ...
 
     def on_train_abort(self, reason: str) -> None: ...
+
+
+class FailSafeCallback(Callback):
+    """A callback that never stops training: the first exception in one of its `@fail_safe` methods
+    is logged once, with its traceback, and turns it off; its `@fail_safe` methods then do nothing.
+    `what` names what stops, in that log line."""
+
+    what = "callback"
+    off = False
+
+    def turn_off(self, error: Exception) -> None:
+        """Logs why in one line, once (an MLflow server out of reach under network isolation is no
+        fault of the job), the traceback at debug level; a subclass that holds threads or hooks
+        releases them here too."""
+        self.off = True
+        first_line = str(error).splitlines()[0][:300] if str(error) else ""
+        log.warning("%s stopped (training goes on): %s: %s", self.what, type(error).__name__, first_line)
+        log.debug("%s stopped by:", self.what, exc_info=error)
+
+
+def fail_safe(method):
+    """A `FailSafeCallback` method that does nothing once the callback is off, and turns it off
+    instead of raising."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.off:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            self.turn_off(e)
+            return None
+
+    return wrapper
 
 
 class Callbacks(Callback):

@@ -14,6 +14,9 @@ class UserError(Exception):
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # every command's log lines (on stdout)
 
+# SageMaker's tree in the container (input, model, output, checkpoints); SAGEMAKER_BASE_DIR moves it
+SAGEMAKER_BASE_DIR = "/opt/ml"
+
 # the model artifact: model.py writes it, serving and the launcher read it
 WEIGHTS_FILE = "model.pt"  # the state_dict, loadable with torch.load(..., weights_only=True)
 CARD_FILE = "model.json"  # arch, classes, eval settings, versions, serving formats

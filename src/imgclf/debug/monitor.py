@@ -11,12 +11,12 @@ Cost per step: a few list appends; every CHECK_INTERVAL steps one read of the bu
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
 
-from ..callbacks import Callback
+from ..artifact.baseline import read_evaluation
+from ..callbacks import FailSafeCallback, fail_safe
 from ..names import cpu_count
 from . import report
 from .jobdata import JobData
@@ -30,29 +30,12 @@ log = logging.getLogger("imgclf.profiler")
 CHECK_INTERVAL = 10  # steps between rule evaluations
 
 
-def _safe(method):
-    """A failure inside the monitor is logged once and turns it off; training goes on."""
+class Monitor(FailSafeCallback):
+    what = "profiler and rules"
 
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        if self.broken:
-            return None
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            self.broken = True
-            log.warning("profiler and rules stopped (training goes on): %s: %s", type(e).__name__, e, exc_info=True)
-            self._stop_threads()
-            return None
-
-    return wrapper
-
-
-class Monitor(Callback):
     def __init__(self, settings: MonitorSettings):
         self.settings = settings
         self.device_sync = settings.device_sync
-        self.broken = False
         self.rules = settings.build_rules()
         self.data = JobData(start=_process_start(), interval_ms=settings.interval_ms)
         self.system = None
@@ -67,7 +50,7 @@ class Monitor(Callback):
 
     # --- callback events -------------------------------------------------------------------
 
-    @_safe
+    @fail_safe
     def on_train_begin(self, job):
         import torch
 
@@ -87,7 +70,7 @@ class Monitor(Callback):
         if self.settings.trace_steps and self.settings.trace_steps[0] == 1:
             self.trace = StepTrace(d.gpus)
 
-    @_safe
+    @fail_safe
     def on_step_end(self, record):
         self._global_step += 1
         n = self._global_step
@@ -109,37 +92,44 @@ class Monitor(Callback):
                 record_gradients(self._model, self.data, n)
             self._check()
 
-    @_safe
+    @fail_safe
     def on_epoch_begin(self, epoch):
         if self.activations is not None:
             self.activations.training = True
 
-    @_safe
+    @fail_safe
     def on_evaluate_begin(self, split):
         if self.activations is not None:
             self.activations.training = False
 
-    @_safe
+    @fail_safe
     def on_evaluate_end(self, split, metrics):
         if split == "test":
             self.data.test = dict(metrics)
 
-    @_safe
+    @fail_safe
     def on_epoch_end(self, epoch, metrics):
         self.data.epochs.append(dict(metrics))
         self._check()
 
-    @_safe
+    @fail_safe
     def on_train_end(self, history):
         self._finish(gather=True)
 
-    @_safe
+    @fail_safe
     def on_train_abort(self, reason: str):
         """SIGTERM or an exception: the profile and the report all the same, saying how the job ended.
-        No gathering: the other processes may never get there."""
+        No gathering: the other processes may never get there. A job that failed before it began
+        (a missing channel, say) has nothing to report."""
+        if self._model is None:
+            return
         kind = "stopped" if "SIGTERM" in reason else "failed"
         self.data.ending = {"kind": kind, "reason": reason}
         self._finish(gather=False)
+
+    def turn_off(self, error):
+        super().turn_off(error)
+        self._stop_threads()
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -155,7 +145,7 @@ class Monitor(Callback):
         path = out / DEBUG_DIR / f"profile-{self.data.host}-rank{self.data.rank}.json"
         path.write_text(json.dumps(self.data.to_dict()))
         if profiles:
-            html = report.write(profiles, out / report.REPORT_FILE)
+            html = report.write(profiles, out / report.REPORT_FILE, read_evaluation(out))
             log.info("profiler report: %s", html)
 
     def _is_main(self) -> bool:

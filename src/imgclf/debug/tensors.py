@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..callbacks import Callback
-from ..names import DEBUG_SAVE_INTERVAL
+from ..callbacks import FailSafeCallback, fail_safe
+from ..names import DEBUG_SAVE_INTERVAL, SAGEMAKER_BASE_DIR
 
 log = logging.getLogger("imgclf.debug")
 
 HOOK_CONFIG_FILE = "debughookconfig.json"
-DEFAULT_LOCAL_PATH = "/opt/ml/output/tensors"
+DEFAULT_LOCAL_PATH = f"{SAGEMAKER_BASE_DIR}/output/tensors"  # SageMaker's default LocalPath
 COLLECTIONS = ("losses", "weights", "gradients", "biases")
 
 
@@ -56,23 +56,22 @@ class HookSettings:
         return cls(out_dir=env.output_data_dir / "tensors", collections=names, save_interval=args.debug_save_interval)
 
 
-class TensorSaver(Callback):
+class TensorSaver(FailSafeCallback):
     """An smdebug hook on the model (after its head is replaced) and on the loss."""
+
+    what = "saving tensors with smdebug"
 
     def __init__(self, settings: HookSettings):
         self.settings = settings
         self.hook = None
-        self.failed = False
 
+    @fail_safe
     def on_train_begin(self, job):
-        try:
-            self.hook = self._create_hook()
-            self._guard(self.hook)
-            self.hook.register_module(job.model)
-            self.hook.register_loss(job.criterion)
-            log.info("saving tensors (%s) to %s", ", ".join(self._collections()), self.hook.out_dir)
-        except Exception as e:  # smdebug missing or refusing the model: train without tensors
-            self._fail("could not start", e)
+        self.hook = self._create_hook()  # smdebug missing or refusing the model: train without tensors
+        self._guard(self.hook)
+        self.hook.register_module(job.model)
+        self.hook.register_loss(job.criterion)
+        log.info("saving tensors (%s) to %s", ", ".join(self._collections()), self.hook.out_dir)
 
     def on_epoch_begin(self, epoch):
         self._mode("TRAIN")
@@ -83,12 +82,10 @@ class TensorSaver(Callback):
     def on_evaluate_end(self, split, metrics):
         self._mode("TRAIN")
 
+    @fail_safe
     def on_train_end(self, history):
-        if self.hook is not None and not self.failed:
-            try:
-                self.hook.close()
-            except Exception as e:
-                self._fail("could not close", e)
+        if self.hook is not None:
+            self.hook.close()
 
     # -----------------------------------------------------------------------------------------
 
@@ -112,40 +109,23 @@ class TensorSaver(Callback):
             "smdebug's defaults"]
 
     def _guard(self, hook) -> None:
-        """Wrap the functions smdebug registers on modules and tensors: the first exception in one
-        of them is logged and turns every hook into a no-op, instead of failing the step."""
-
-        def safe(fn):
-            @functools.wraps(fn)
-            def wrapper(*a, **kw):
-                if self.failed:
-                    return None
-                try:
-                    return fn(*a, **kw)
-                except Exception as e:
-                    self._fail("failed during training", e)
-                    return None
-
-            return wrapper
-
+        """Route the functions smdebug registers on modules and tensors through `_call_hook`: their
+        first exception turns every hook into a no-op, instead of failing the step."""
         for name in ("forward_pre_hook", "forward_hook", "fhook"):
-            setattr(hook, name, safe(getattr(hook, name)))
+            setattr(hook, name, functools.partial(self._call_hook, getattr(hook, name)))
         backward = hook.backward_hook
-        hook.backward_hook = lambda tname: safe(backward(tname))
+        hook.backward_hook = lambda tname: functools.partial(self._call_hook, backward(tname))
 
+    @fail_safe
+    def _call_hook(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    @fail_safe
     def _mode(self, name: str) -> None:
-        if self.hook is None or self.failed:
-            return
-        try:
+        if self.hook is not None:
             from smdebug import modes
 
             self.hook.set_mode(getattr(modes, name))
-        except Exception as e:
-            self._fail("could not switch mode", e)
-
-    def _fail(self, what: str, e: Exception) -> None:
-        self.failed = True
-        log.warning("smdebug hook %s, training goes on without saving tensors: %s: %s", what, type(e).__name__, e)
 
 
 def _fresh(path: Path) -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..train.hyperparameters import typed
+from ..train.hyperparameters import CHECKPOINT, EXTRACT_FEATURES, FEATURES, LOG_INTERVAL, SERVING_FORMATS, typed
 from ..train.recipe import DEFAULT_RECIPE, FREEZING, default_recipe
 
 OBJECTIVE_METRIC = "valid_acc"
@@ -56,9 +56,9 @@ def search_space(fixed: dict) -> dict:
 # The original project trained its final model for 15 epochs with the best trial's values.
 FINAL_EPOCHS = 15
 # How a trial ran, not what it found: left out of best.json and of the final training job.
-TRIAL_ONLY = ("features", "extract-features", "log-interval", "serving-formats", "checkpoint")
+TRIAL_ONLY = (FEATURES, EXTRACT_FEATURES, LOG_INTERVAL, SERVING_FORMATS, CHECKPOINT)
 # Every trial's: its model is not served (the final job's is), so it skips the serving formats.
-TRIAL_DEFAULTS = {"serving-formats": "false"}
+TRIAL_DEFAULTS = {SERVING_FORMATS: "false"}
 
 
 def best_hyperparameters(trial: dict) -> dict:

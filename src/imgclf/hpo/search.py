@@ -11,7 +11,8 @@ Trials search `SEARCH_SPACE` and run in this process through `train.main`, the c
 - `storage` (an RDB URL or a journal on a shared filesystem, storage.py) shares one study between
   workers on one machine or several: each runs its own trials until the study has `trials`.
 - With a frozen pretrained backbone, the backbone features of every image are computed once
-  (an extract-features job into `<output>/features`) and every trial trains only the head.
+  (an extract-features job into `<output>/features`) and every trial builds, trains and writes
+  only the head; the best trial's becomes the whole network's artifact at the end, once.
 - `<output>/best.json` holds the best trial: its hyperparameters as `set_hyperparameters` takes
   them and its objective; `imgclf train --best <output>/best.json` trains the final model.
 
@@ -62,7 +63,7 @@ class Search:
             raise UserError(f"trials must be at least 1, got {self.trials}")
         if self.pruner not in PRUNERS:
             raise UserError(f"unknown pruner {self.pruner!r} (known: {', '.join(PRUNERS)})")
-        self.fixed = {"epochs": str(DEFAULT_TRIAL_EPOCHS), **self.fixed}
+        self.fixed = {hyperparameters.EPOCHS: str(DEFAULT_TRIAL_EPOCHS), **self.fixed}
         self.args = hyperparameters.parse(self.fixed)  # a bad value fails before anything runs
         self.use_features = self.features and self.args.pretrained and self.args.freeze
 
@@ -120,10 +121,10 @@ def job_env(channels: dict[str, Path], root: Path, hps: dict[str, str]) -> Train
                                channels=dict(channels), hyperparameters=hps)
 
 
-def run_job(env: TrainingEnvironment, callbacks=()) -> None:
+def run_job(env: TrainingEnvironment, callbacks=(), head_only: bool = False) -> None:
     from ..train import job as train  # torch: only where a job runs
 
-    code = train.main(train.parse_hyperparameters(env.hyperparameters), env, callbacks=callbacks)
+    code = train.main(train.parse_hyperparameters(env.hyperparameters), env, callbacks=callbacks, head_only=head_only)
     if code == train.SIGTERM_EXIT:
         raise KeyboardInterrupt  # stopped by SIGTERM: the search stops as on Ctrl-C
     if code:
@@ -133,7 +134,8 @@ def run_job(env: TrainingEnvironment, callbacks=()) -> None:
 def compute_features(search: Search, progress: Progress) -> Path:
     """The extract-features job of the search, once: its model dir is every trial's features channel."""
     where = search.output / "features"
-    env = job_env(search.channels, where, {**search.fixed, "extract-features": "true", "log-interval": "0"})
+    env = job_env(search.channels, where, {**search.fixed, hyperparameters.EXTRACT_FEATURES: "true",
+                                           hyperparameters.LOG_INTERVAL: "0"})
     env.model_dir = where  # the feature set is the job's "model"
     progress.note(f"features: backbone features of every image into {where} (once; reused when up to date)")
     run_job(env)
@@ -171,8 +173,20 @@ def run(search: Search, progress: Progress | None = None, callbacks=(), runs: Se
     runs.finish(best)
     if best is None:
         raise UserError(f"no trial completed: all {search.trials} were pruned or failed")
+    if features_channel:
+        complete_best_model(search, best, features_channel)
     (search.output / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     return best
+
+
+def complete_best_model(search: Search, best: dict, features_channel: Path) -> None:
+    """The best trial's model dir, when this worker ran it, from its head alone to the whole network's
+    artifact (model.pt, model.json): once, whatever the number of trials."""
+    from ..train import features  # torch: only where a network is built
+
+    model_dir = search.output / best["model"]
+    if (model_dir / features.HEAD_FILE).is_file():
+        features.complete_artifact(model_dir, features.load(features_channel), search.channels.get("pretrained"))
 
 
 def next_trial(study: optuna.Study, search: Search, progress: Progress) -> optuna.Trial | None:
@@ -197,18 +211,18 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress
     point = suggest(trial, space=search_space(search.fixed), fixed=search.fixed)
     progress.trial_begins(trial.number + 1, point)
     # an interrupted trial runs again from its start: its checkpoints would be written for nothing
-    hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, "log-interval": "0",
-           "checkpoint": "false"}
+    hps = {**TRIAL_DEFAULTS, **search.fixed, **{k: str(v) for k, v in point.items()}, hyperparameters.LOG_INTERVAL: "0",
+           hyperparameters.CHECKPOINT: "false"}
     channels = dict(search.channels)
-    if features_channel:
-        hps["features"] = "true"
-        channels["features"] = features_channel
+    if features_channel:  # the search computed them from its images: the trial needs them alone
+        hps[hyperparameters.FEATURES] = "true"
+        channels = {"features": features_channel}
     folder = trial_dir(search.output, trial.number)
     shutil.rmtree(folder, ignore_errors=True)
     reporter = ReportToTrial(trial, progress, pruning=search.pruner != "none")
     try:
         # the observers first: they see an epoch before the reporter ends a pruned trial
-        run_job(job_env(channels, folder, hps), callbacks=[*callbacks, reporter])
+        run_job(job_env(channels, folder, hps), callbacks=[*callbacks, reporter], head_only=bool(features_channel))
         state = "complete"
     except optuna.TrialPruned:
         state = "pruned"
@@ -226,7 +240,7 @@ def run_trial(search: Search, study: optuna.Study, trial: optuna.Trial, progress
 
 
 def _keep_only_best_model(search: Search, study: optuna.Study) -> None:
-    """Each trial's artifact is a whole network: keep the best trial's only."""
+    """Keep the best trial's model dir only (a whole network, or on cached features its head)."""
     try:
         keep = study.best_trial.number
     except ValueError:

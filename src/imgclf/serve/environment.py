@@ -26,10 +26,9 @@ from pathlib import Path
 from sagemaker_inference import parameters as sm
 
 from ..artifact.card import INT8_MAX_ACCURACY_DROP, INT8_MIN_AGREEMENT
-from ..names import cpu_count
+from ..names import SAGEMAKER_BASE_DIR, cpu_count
 from .profiles import PROFILE_ENV, PROFILES, MiB
 
-DEFAULT_BASE_DIR = "/opt/ml"
 MODEL_DIR_ENV = "SM_MODEL_DIR"  # outside a container: the artifact that imgclf-train wrote
 BATCH_ENV = "SAGEMAKER_BATCH"  # "true" in a batch transform's container
 BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"  # SINGLE_RECORD or MULTI_RECORD (logged)
@@ -163,7 +162,7 @@ class ServingEnvironment:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, memory_bytes: int | None = None) -> ServingEnvironment:
         """The environment from these variables; `memory_bytes` defaults to the cgroup's limit."""
-        base = Path(environ.get(sm.BASE_PATH_ENV) or DEFAULT_BASE_DIR)
+        base = Path(environ.get(sm.BASE_PATH_ENV) or SAGEMAKER_BASE_DIR)
         read = {name: setting.read(environ) for name, setting in SETTINGS.items()}
         profile = read["profile"] or ("batch" if environ.get(BATCH_ENV, "").lower() == "true" else "real-time")
         limits = PROFILES[profile]

@@ -17,12 +17,13 @@ Routing:
     anything else       404
 Refused here, each with {"error": ..., "message": ...}: malformed HTTP framing (400, by aiohttp's
 parser), a body over the payload limit (413), an invocation whose body has no usable content type
-and is not an image, JSON or .npy (415), or whose Accept excludes JSON (406).
+and is not an image, JSON or .npy (415), or whose Accept excludes JSON (406). Every request goes on
+with its X-Amzn-RequestId (SageMaker's, else a new one); a 500, the front's own or the model
+server's, answers a fixed message and that id, the cause only in the log (errors.py).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import threading
@@ -35,6 +36,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from . import registration, spool
 from .environment import IN_MEMORY_BYTES, MODEL_NAME
+from .errors import REQUEST_ID_HEADER, request_id_of
+from .json_errors import PRODUCES, JsonErrorServer, internal_error, json_error, model_server_error
 from .sniffing import UNTYPED, sniff
 
 log = logging.getLogger(__name__)
@@ -46,38 +49,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 # decompressed bytes, so a gzip bomb stops at the limit); the model server gets it plain
 REQUEST_ONLY = {"content-encoding"}
 HEALTHY = ("Healthy", "Partial Healthy")
-PRODUCES = "application/json"
 ACCEPTS_JSON = {"*/*", "application/*", PRODUCES}
 ERROR_STATUSES = {s.value for s in HTTPStatus if s >= 400}
 UNBOUNDED = aiohttp.ClientTimeout(total=None, sock_connect=10)  # management calls: loading a model waits on MMS
 DISCARD_LIMIT = 64 * 1024 * 1024  # past this much unwanted body, close the connection instead of reading on
-
-
-def json_error(status: HTTPStatus, message: str) -> web.Response:
-    return web.json_response({"error": status.phrase, "message": message}, status=status)
-
-
-class JsonErrorProtocol(web.RequestHandler):
-    """aiohttp's connection handler, answering its own errors (malformed framing, oversized
-    headers, an exception in `Front.handle`) with the JSON body instead of plain text."""
-
-    def handle_error(self, request, status=500, exc=None, message=None):
-        if status >= 500:
-            self.log_exception("error handling request from %s", request.remote, exc_info=exc)
-        else:
-            log.info("refused malformed request from %s: %s", request.remote, message or exc)
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started, cannot send the error")
-        code = HTTPStatus(status)
-        reason = str(message or exc or code.phrase).strip().splitlines()[0]
-        resp = json_error(code, f"malformed HTTP request: {reason}" if status < 500 else "internal error in the front")
-        resp.force_close()
-        return resp
-
-
-class JsonErrorServer(web.Server):
-    def __call__(self) -> web.RequestHandler:
-        return JsonErrorProtocol(self, loop=self._loop, **self._kwargs)
 
 
 class Front:
@@ -152,7 +127,8 @@ class Front:
         """Check, route and forward a request whose body was read (`spooled`: to a file)."""
         path = request.path_qs
         headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP | REQUEST_ONLY | {spool.SPOOLED_BODY.lower()}}
+                   if k.lower() not in HOP_BY_HOP | REQUEST_ONLY | {spool.SPOOLED_BODY.lower(), REQUEST_ID_HEADER.lower()}}
+        headers[REQUEST_ID_HEADER] = request_id_of(request.headers)  # one id in the front's log and the worker's
         if spooled:
             headers[spool.SPOOLED_BODY] = spooled.path.name
         if is_invocation(request):
@@ -240,6 +216,11 @@ class Front:
                                             timeout=self.upstream_timeout if answer_type else UNBOUNDED) as resp:
                 payload = await resp.read()
                 if resp.status in ERROR_STATUSES and (reason := model_server_error(payload)):
+                    if resp.status == HTTPStatus.INTERNAL_SERVER_ERROR:  # "Worker died." and the like
+                        rid = request_id_of(headers)
+                        log.error("request %s failed (500): model server's answer to %s %s: %s", rid, method, path,
+                                  reason)
+                        return internal_error(rid)
                     log.info("model server answered %d to %s %s: %s", resp.status, method, path, reason)
                     return json_error(HTTPStatus(resp.status), reason)
                 out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
@@ -266,18 +247,6 @@ class Front:
         if status == 200 and state in HEALTHY:
             return HTTPStatus.OK, "Healthy"
         return HTTPStatus.SERVICE_UNAVAILABLE, f"model server says {state or status}: workers not running"
-
-
-def model_server_error(payload: bytes) -> str | None:
-    """The message of an error that MMS itself wrote ({"code", "type", "message"}, e.g. "Worker
-    died."), to answer in our shape; None for the handler's own JSON errors and anything else."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(doc, dict) and {"code", "type", "message"} <= doc.keys() and "error" not in doc:
-        return f"model server: {doc['message']} ({doc['type']})"
-    return None
 
 
 def is_invocation(request: web.BaseRequest) -> bool:

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 from sagemaker_inference import parameters as sm
 
 from ..artifact.archive import UnsafeArchive, packed_model
-from ..names import CARD_FILE, LOG_FORMAT
+from ..commandline import ArgumentParser, add_verbose, user_errors
+from ..names import CARD_FILE, LOG_FORMAT, SAGEMAKER_BASE_DIR, UserError
 from . import environment as E
 from .environment import SETTINGS, ServingEnvironment
 from .model_server import ModelServer, free_port, register_defaults
@@ -110,13 +111,12 @@ async def serve(env: ServingEnvironment, host: str, server: ModelServer, model_d
 
 
 def main(env: ServingEnvironment, host: str = "0.0.0.0", user: str | None = None) -> int:
-    """Serve until SIGTERM (exit 0) or until the model server fails (exit 1)."""
-    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
-        log.error("multi-model-server needs a Java runtime (java not found on PATH)")
-        return 1
+    """Serve until SIGTERM (exit 0) or until the model server fails (exit 1); a UserError when it
+    cannot start (no Java, no model)."""
     if not env.multi_model and not ((env.model_dir / CARD_FILE).is_file() or packed_model(env.model_dir)):
-        log.error("no model artifact in %s (set SM_MODEL_DIR or --model-dir)", env.model_dir)
-        return 1
+        raise UserError(f"no model artifact in {env.model_dir}: give --model-dir or set ${E.MODEL_DIR_ENV}")
+    if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
+        raise UserError("multi-model-server needs a Java runtime: install one (JRE 17) or set $JAVA_HOME")
     run_dir = Path(tempfile.mkdtemp(prefix="imgclf-serve-"))
     server = None
     try:
@@ -145,16 +145,18 @@ SERVER_FLAGS = ("port", "profile", "workers", "torch_threads", "batch_size", "ma
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", help=f"model artifact (default ${E.MODEL_DIR_ENV} or /opt/ml/model)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--multi-model", action="store_true", help=f"multi-model endpoint (default ${sm.MULTI_MODEL_ENV})")
+    p = ArgumentParser(prog="imgclf-serve", description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", help=f"model artifact (default: ${E.MODEL_DIR_ENV} or {SAGEMAKER_BASE_DIR}/model)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0, every interface)")
+    p.add_argument("--multi-model", action="store_true",
+                   help=f"multi-model endpoint (default: ${sm.MULTI_MODEL_ENV}, else one model)")
     for name in SERVER_FLAGS:
         setting = SETTINGS[name]
         p.add_argument(f"--{name.replace('_', '-')}", type=setting.kind, choices=setting.choices or None,
                        help=setting.describe())
-    p.add_argument("--user", help=f"started as root, serve as this user (default ${SERVE_USER_ENV} or {DEFAULT_USER}; "
+    p.add_argument("--user", help=f"started as root, serve as this user (default: ${SERVE_USER_ENV} or {DEFAULT_USER}; "
                                   "root keeps root)")
+    add_verbose(p)
     return p
 
 
@@ -166,11 +168,11 @@ def cli(argv: list[str] | None = None) -> None:
     os.environ.update({SETTINGS[n].var: str(v) for n in SERVER_FLAGS if (v := getattr(args, n)) is not None})
     if args.multi_model:
         os.environ[sm.MULTI_MODEL_ENV] = "true"
-    try:
+    with user_errors("imgclf-serve", args.verbose, kinds=(ValueError,)):  # a bad setting names itself
         env = ServingEnvironment.from_env()
-    except ValueError as e:
-        sys.exit(f"imgclf-serve: {e}")
-    sys.exit(main(env, host=args.host, user=args.user or os.environ.get(SERVE_USER_ENV)))
+    with user_errors("imgclf-serve", args.verbose):
+        code = main(env, host=args.host, user=args.user or os.environ.get(SERVE_USER_ENV))
+    sys.exit(code)
 
 
 if __name__ == "__main__":

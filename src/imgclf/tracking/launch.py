@@ -16,10 +16,10 @@ log = logging.getLogger("imgclf.tracking")
 def add_tracking_arguments(parser) -> None:
     g = parser.add_argument_group("experiment tracking")
     g.add_argument("--mlflow", metavar="URI|ARN", help="log the job to this MLflow tracking server: its URI, or the "
-                                                       "ARN of a SageMaker managed MLflow tracking server")
+                                                       "ARN of a SageMaker managed MLflow tracking server (default: none)")
     g.add_argument("--mlflow-experiment", metavar="NAME", help="MLflow experiment (default: imgclf)")
     g.add_argument("--tensorboard", metavar="S3_URI", help="TensorBoard event files: SageMaker uploads them here "
-                                                           "(TensorBoardOutputConfig)")
+                                                           "(TensorBoardOutputConfig; default: none)")
 
 
 def tracking_environment(args, image_uri: str | None = None) -> dict[str, str]:

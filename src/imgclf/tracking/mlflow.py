@@ -3,8 +3,8 @@ hyperparameters as params, each epoch's metric line with the epoch as step, the 
 model.json, metrics.json and the profiler report as artifacts, and ends the run as the job ended
 (FINISHED; KILLED by SIGTERM; FAILED with the failure line as the tag `imgclf.failure`).
 
-A server that cannot be reached, or any failure of MLflow, is one warning line: the run stops
-logging and training goes on.
+A server that cannot be reached, or any failure of MLflow, is one warning (callbacks.FailSafeCallback):
+the run stops logging and training goes on.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import functools
 import logging
 import time
 
-from ..callbacks import Callback
+from ..callbacks import FailSafeCallback, fail_safe
 from .settings import MlflowSettings
 
 log = logging.getLogger("imgclf.tracking")
@@ -86,85 +86,77 @@ def warn(what: str, error: Exception) -> None:
                 type(error).__name__, first)
 
 
-def _safe(method):
-    """Nothing once off; a failure turns it off with one warning line."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        if self.client is None:
-            return None
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            warn(method.__name__.removeprefix("on_").replace("_", " "), e)
-            self.client = None
-            return None
-
-    return wrapper
-
-
-class MlflowRun(Callback):
+class MlflowRun(FailSafeCallback):
     """One run per job; `parent_run_id` and `run_name` make it a tuning trial's child run."""
 
     def __init__(self, settings: MlflowSettings, run_name: str | None = None, parent_run_id: str | None = None,
                  end_run: bool = True):
         self.settings, self.run_name, self.parent_run_id = settings, run_name, parent_run_id
+        self.what = f"MLflow tracking to {settings.tracking_uri}"
         self.end_run = end_run  # False: whoever started the job ends the run (a search marks pruned trials)
         self.client = None
         self.run_id: str | None = None
         self._env = None
         self._epoch = 0
 
+    @fail_safe
     def on_train_begin(self, job) -> None:
         if not job.topology.is_main:
-            return  # one run per job: the main process logs it
-        self._env = job.env
-        try:
-            self.client = connect(self.settings)
-            self.run_id = create_run(self.client, self.settings, self.run_name, self.parent_run_id)
-        except Exception as e:
-            warn(f"reaching {self.settings.tracking_uri}", e)
-            self.client = None
+            self.off = True  # one run per job: the main process logs it
             return
+        self._env = job.env
+        self.client = connect(self.settings)
+        self.run_id = create_run(self.client, self.settings, self.run_name, self.parent_run_id)
         self._log_params(vars(job.args))
         log.info("MLflow run %s in experiment %s at %s", self.run_id, self.settings.experiment,
                  self.settings.tracking_uri)
 
-    @_safe
     def _log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in sorted(params.items())])
 
-    @_safe
+    @fail_safe
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         self._epoch = epoch
         log_metrics(self.client, self.run_id, metrics, step=epoch)
 
-    @_safe
+    @fail_safe
     def on_evaluate_end(self, split: str, metrics: dict) -> None:
         if split == "test":
             log_metrics(self.client, self.run_id, metrics, step=self._epoch)
 
-    @_safe
+    @fail_safe
     def on_train_end(self, history: list[dict]) -> None:
+        self._log_evaluation()
         self._log_artifacts()
         if self.end_run:
             self.client.set_terminated(self.run_id, "FINISHED")
 
-    @_safe
+    @fail_safe
     def on_train_abort(self, reason: str) -> None:
         self.client.set_tag(self.run_id, FAILURE_TAG, reason[:5000])
         self._log_artifacts()
         if self.end_run:
             self.client.set_terminated(self.run_id, "KILLED" if "SIGTERM" in reason else "FAILED")
 
+    def _log_evaluation(self) -> None:
+        """evaluation.json's headline figures, as `evaluation_<name>` metrics (the file is an artifact)."""
+        from ..artifact.baseline import read_evaluation
+
+        result = read_evaluation(self._env.output_data_dir)
+        if result is not None:
+            headline = result["multiclass_classification_metrics"]
+            log_metrics(self.client, self.run_id, {f"evaluation_{k}": v["value"] for k, v in headline.items()
+                                                   if isinstance(v, dict) and "value" in v}, step=self._epoch)
+
     def _log_artifacts(self) -> None:
+        from ..artifact.baseline import EVALUATION_FILE
         from ..debug.report import REPORT_FILE
         from ..names import CARD_FILE
 
         env = self._env
         for path in (env.model_dir / CARD_FILE, env.output_data_dir / "metrics.json",
-                     env.output_data_dir / REPORT_FILE):
+                     env.output_data_dir / EVALUATION_FILE, env.output_data_dir / REPORT_FILE):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))

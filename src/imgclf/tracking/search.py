@@ -65,8 +65,8 @@ class SearchRuns:
     def trial_ended(self, number: int, state: str, value: float | None) -> None:
         """Marks trial `number`'s run: complete, pruned or failed, with its objective."""
         run = self._trials.pop(number, None)
-        if run is None or run.client is None:
-            return
+        if run is None or run.run_id is None:
+            return  # its run was never created
         self._call("marking a trial", self._mark, run.run_id, state, value)
 
     def finish(self, best: dict | None) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..names import SAGEMAKER_BASE_DIR
+
 log = logging.getLogger("imgclf.tracking")
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -24,7 +26,7 @@ PARENT_RUN_ENV = "IMGCLF_MLFLOW_PARENT_RUN_ID"
 IMAGE_ENV = "IMGCLF_IMAGE_URI"  # set by the launcher: the image the job runs, for the run's tags
 JOB_NAME_ENV = "TRAINING_JOB_NAME"  # set by SageMaker in training containers
 TENSORBOARD_CONFIG_FILE = "tensorboardoutputconfig.json"
-TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"  # SageMaker's default LocalPath
+TENSORBOARD_LOCAL_PATH = f"{SAGEMAKER_BASE_DIR}/output/tensorboard"  # SageMaker's default LocalPath
 
 
 @dataclass(frozen=True)

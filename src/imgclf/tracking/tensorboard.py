@@ -9,43 +9,28 @@ needs numpy and protobuf only; any failure is one warning line and training goes
 """
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
-from ..callbacks import Callback
+from ..callbacks import FailSafeCallback, fail_safe
 from ..debug.jobdata import SYSTEM_METRICS
 
 log = logging.getLogger("imgclf.tracking")
 
 
-def _safe(method):
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        if self.off:
-            return None
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as e:
-            self.off = True
-            log.warning("TensorBoard event files stopped (training goes on): %s: %s", type(e).__name__, e)
-            return None
+class TensorBoardWriter(FailSafeCallback):
+    what = "TensorBoard event files"
 
-    return wrapper
-
-
-class TensorBoardWriter(Callback):
     def __init__(self, logdir: Path, system=None):
         self.logdir = Path(logdir)
         self.system = system  # debug.jobdata.SystemSamples, filled by the profiler's thread
-        self.off = False
         self.writer = None
         self._losses = []  # (global step, loss tensor) not written yet
         self._global_step = 0
         self._samples_written = 0
         self._epoch = 0
 
-    @_safe
+    @fail_safe
     def on_train_begin(self, job) -> None:
         if not job.topology.is_main:
             self.off = True
@@ -56,12 +41,12 @@ class TensorBoardWriter(Callback):
         self.writer = SummaryWriter(logdir=str(self.logdir))
         log.info("TensorBoard event files in %s", self.logdir)
 
-    @_safe
+    @fail_safe
     def on_step_end(self, record) -> None:
         self._global_step += 1
         self._losses.append((self._global_step, record.loss))
 
-    @_safe
+    @fail_safe
     def on_epoch_end(self, epoch: int, metrics: dict) -> None:
         self._epoch = epoch
         self._write_losses()
@@ -71,17 +56,17 @@ class TensorBoardWriter(Callback):
         self._write_system()
         self.writer.flush()
 
-    @_safe
+    @fail_safe
     def on_evaluate_end(self, split: str, metrics: dict) -> None:
         if split == "test":
             for key, value in metrics.items():
                 self.writer.add_scalar(f"test/{key}", value, self._epoch)
 
-    @_safe
+    @fail_safe
     def on_train_end(self, history) -> None:
         self._close()
 
-    @_safe
+    @fail_safe
     def on_train_abort(self, reason: str) -> None:
         self._close()
 

@@ -1,6 +1,7 @@
-"""The training job's parts, each built by one function, in the order train.py reads them:
+"""The training job's parts, each built by one function, in the order job.py reads them:
 transforms, data (images or cached backbone features), model and its precision, the linear probe
-of `lp-ft`, learner (optimizer, loss, scaler, EMA), distributed wrapping, loaders, lr schedule.
+of `lp-ft`, learner (engine.Learner: optimizer, loss, scaler, EMA), distributed wrapping, loaders,
+lr schedule.
 What the recipe (recipe.py) chose arrives as resolved hyperparameters."""
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -25,8 +26,8 @@ from .backbone import find_imagenet_weights, freeze_backbone, load_backbone, nor
 from .checkpoint import CHECKPOINT_FILE
 from .contract import TrainingEnvironment
 from .data import ImageFolderDataset, ShardSampler, find_classes, make_loader, split_indices, subset
-from .ema import BestWeights, WeightsEma
-from .engine import autocast, memory_format, unwrap
+from .ema import WeightsEma
+from .engine import Learner, unwrap
 from .presets import ClassificationPresetEval, ClassificationPresetTrain
 from .shards import is_shard_folder
 
@@ -63,21 +64,6 @@ class Splits:
 
     def __iter__(self):
         return iter((self.train, self.valid, self.test))
-
-
-@dataclass
-class Learner:
-    """The network and what updates it. `net` is what the loop runs: the network, its DDP wrapper,
-    or only its head when training on cached features."""
-
-    model: nn.Module
-    net: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ema: WeightsEma | None = None  # validated each epoch beside the network; the best of both is kept
-    best: BestWeights = field(default_factory=BestWeights)
-    schedule: optim.Schedule | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -127,7 +113,7 @@ def open_features_channel(job: Job) -> features.FeatureSet | None:
         return None
     features.check_job(args, job.topology.distributed)
     if args.features and "features" in env.channels:
-        return features.open_channel(env.channels["features"], env.checkpoint_dir / "features")
+        return features.open_channel(env.channels["features"], env.cache_dir / "features")
     return None
 
 
@@ -150,11 +136,12 @@ def build_model(args, classes, env: TrainingEnvironment, device) -> nn.Module:
         load_backbone(model, weights)
     if args.freeze:
         freeze_backbone(model)
-    return model.to(device, memory_format=memory_format(device, args))
+    return model.to(device, memory_format=precision.memory_format(args.amp))  # precision.choose settles it
 
 
-def choose_precision(job: Job, model: nn.Module) -> None:
-    """Settle `amp` for this machine (precision.choose: a timed probe on CPUs with bfloat16)."""
+def choose_precision(job: Job, model: nn.Module) -> bool:
+    """Whether this machine runs `amp`'s mixed precision and channels_last (precision.choose: a timed
+    probe on CPUs with bfloat16); leaves `model` in that layout."""
     args = job.args
     # on cached features the loop runs only the head: no probe of the network (seconds a tuning
     # trial would pay for nothing), and features stay float32 on every CPU, as their cache key assumes
@@ -169,10 +156,10 @@ def choose_precision(job: Job, model: nn.Module) -> None:
             log.info("precision: float32, as another rank's probe chose")
             model.to(memory_format=precision.memory_format(False))
         use = everywhere
-    job.args = argparse.Namespace(**{**vars(args), "amp": use})
+    return use
 
 
-def probe_head(job: Job, model: nn.Module, card: ModelCard, transforms: Transforms) -> None:
+def probe_head(job: Job, model: nn.Module, card: ModelCard, transforms: Transforms, mixed: bool) -> None:
     """lp-ft's linear probe: fit the head on cached backbone features of the training and validation
     images (never the test set) before fine-tuning. Skipped where it cannot help or has run."""
     args, env = job.args, job.env
@@ -185,25 +172,26 @@ def probe_head(job: Job, model: nn.Module, card: ModelCard, transforms: Transfor
     eval_only = Transforms(transforms.eval, transforms.eval, transforms.eval_settings)
     images = build_datasets(env, args, eval_only)
     linear_probe.run(args, env, model, card, (images.train, images.valid, None), job.num_workers, job.device,
-                     lambda: autocast(job.device, args.amp))
+                     lambda: precision.autocast(job.device, mixed))
 
 
 def feature_splits(job: Job, model: nn.Module, card: ModelCard, images: Splits,
-                   channel_set: features.FeatureSet | None) -> features.FeatureSet:
+                   channel_set: features.FeatureSet | None, mixed: bool) -> features.FeatureSet:
     """Each split's backbone features: read from the cache or channel, else computed once."""
-    args, device = job.args, job.device
-    return features.for_job(args, job.env, model, card, channel_set, tuple(images), job.num_workers, device,
-                            lambda: autocast(device, args.amp))
+    device = job.device
+    return features.for_job(job.args, job.env, model, card, channel_set, tuple(images), job.num_workers, device,
+                            lambda: precision.autocast(device, mixed))
 
 
-def build_learner(job: Job, model: nn.Module, trains_head_only: bool) -> Learner:
+def build_learner(job: Job, model: nn.Module, trains_head_only: bool, mixed: bool) -> Learner:
+    """What the loop runs and updates, in the precision `choose_precision` settled (`mixed`)."""
     args, device = job.args, job.device
     optimizer = optim.build_optimizer(model, args)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, args.amp))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.needs_scaler(device, mixed))
     net = head(model) if trains_head_only else model
-    weights_ema = WeightsEma(net, args.ema_decay) if args.ema_decay else None
     return Learner(model, net, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), optimizer, scaler,
-                   weights_ema)
+                   device, job.topology, job.callbacks, mixed=mixed, freeze_bn_stats=args.freeze_bn_stats,
+                   log_interval=args.log_interval, ema=WeightsEma(net, args.ema_decay) if args.ema_decay else None)
 
 
 def build_schedule(job: Job, learner: Learner, loaders: dict) -> None:
@@ -264,4 +252,5 @@ def _eval_loaders(job: Job, splits: Splits, loaders: dict) -> dict:
 
 
 def default_workers(topology: distributed.Topology) -> int:
-    return max(1, cpu_count() // max(1, distributed.processes_per_host()))
+    """Loader workers per process: this host's CPUs shared by the job's processes on it."""
+    return max(1, cpu_count() // topology.local_world_size)

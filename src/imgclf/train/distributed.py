@@ -22,6 +22,7 @@ class Topology:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # the job's processes on this host
 
     @property
     def is_main(self) -> bool:
@@ -51,7 +52,8 @@ def init(environ: Mapping[str, str] = os.environ) -> Topology:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend(), rank=rank, world_size=world_size)  # env://: torchrun's store
     log.info("joined process group: rank %d of %d (%s)", rank, world_size, backend())
-    return Topology(rank=rank, world_size=world_size, local_rank=local_rank)
+    return Topology(rank=rank, world_size=world_size, local_rank=local_rank,
+                    local_world_size=processes_per_host(environ))
 
 
 def all_sum(values: list[float], topology: Topology, device) -> list[float]:

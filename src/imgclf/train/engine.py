@@ -1,7 +1,7 @@
 """The training loop's steps: one epoch of training, one evaluation pass, and what they keep.
 
-train.py builds the job and calls these; benches call `train_one_epoch` directly so that they
-measure the product's own step.
+job.py builds a `Learner` (builders.py) and calls these; benches call `train_one_epoch` directly
+so that they measure the product's own step.
 """
 from __future__ import annotations
 
@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..callbacks import Callback, StepRecord
+from ..callbacks import Callback, Callbacks, StepRecord
 from ..names import UserError
 from . import distributed, precision
 from .backbone import train_mode
-from .ema import WeightsEma
+from .ema import BestWeights, WeightsEma
 from .optim import Schedule
 
 log = logging.getLogger("imgclf.train")
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
+# Steps between the ranks' agreement on SIGTERM on CUDA, where each agreement waits for the queued
+# steps (a host sync): a few seconds of training at GPU step times.
+STOP_CHECK_STEPS = 20
 
 
 @dataclass
@@ -47,26 +50,58 @@ class TrainState:
 
 
 class StopRequest:
-    """Set by SIGTERM (a spot interruption or `docker stop`); the loop checks it between steps."""
+    """Set by SIGTERM (a spot interruption or `docker stop`); the loop asks `seen` before each step.
 
-    def __init__(self):
+    One process reads its flag at every step. The ranks of a distributed job must stop at the same
+    step, so they agree on it with an all-reduce, which on CUDA waits for the steps queued before it:
+    there they agree every `every` steps, counted from each epoch's first, the same steps on every rank.
+    On a CPU each step's work is done when the host moves on, and the agreement costs no more than
+    its one-number message beside the gradients' own: every step."""
+
+    def __init__(self, every: int = 1):
         self.requested = False
+        self.every = every
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> StopRequest:
+        return cls(STOP_CHECK_STEPS if device.type == "cuda" else 1)
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM received: checkpointing and stopping after this step")
+        log.warning("SIGTERM received: checkpointing and stopping")
         self.requested = True
 
+    def seen(self, step: int, topology: distributed.Topology, device) -> bool:
+        """Whether the loop stops before `step` (1 for an epoch's first): the same answer on every rank."""
+        if not topology.distributed:
+            return self.requested
+        if (step - 1) % self.every:
+            return False
+        return distributed.any_rank(self.requested, topology, device)
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision when `enabled` (the job's `amp`, after precision.choose): see precision.py."""
-    return precision.autocast(device, enabled)
 
+@dataclass
+class Learner:
+    """The network, what updates it and where it runs: what a training step and an evaluation pass
+    use. `net` is what the loop runs (the network, its DDP wrapper, or only its head when training
+    on cached features); `model` stays the plain network."""
 
-def memory_format(device, args):
-    return precision.memory_format(args.amp)
+    model: nn.Module
+    net: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    topology: distributed.Topology = field(default_factory=distributed.Topology)
+    callbacks: Callback = field(default_factory=Callbacks)
+    mixed: bool = False  # autocast and channels_last, as precision.choose settled them for this machine
+    freeze_bn_stats: bool = False
+    log_interval: int = 0  # steps between progress lines; 0 for none
+    ema: WeightsEma | None = None  # validated each epoch beside the network; the best of both is kept
+    best: BestWeights = field(default_factory=BestWeights)
+    schedule: Schedule | None = None  # sets the lr before each step
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -94,12 +129,12 @@ class Tally:
         return loss, correct, int(seen), int(skipped)
 
 
-def batches(loader, device, args, tally: Tally):
+def batches(loader, device, mixed: bool, tally: Tally):
     """(images, targets) on the device, in the training layout; unreadable images counted in `tally`."""
     for images, targets, n_skipped in loader:
         tally.skipped += n_skipped
         if len(targets):
-            layout = memory_format(device, args) if images.dim() == 4 else torch.contiguous_format
+            layout = precision.memory_format(mixed) if images.dim() == 4 else torch.contiguous_format
             yield (images.to(device, non_blocking=True, memory_format=layout),
                    targets.to(device, non_blocking=True))
 
@@ -120,36 +155,35 @@ class _Laps:
         return elapsed
 
 
-def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, args, topology, stop,
-                    callbacks: Callback, schedule: Schedule | None = None, weights_ema: WeightsEma | None = None):
-    """One pass over the training data; `schedule` sets the lr before each step, `weights_ema` follows
-    the weights after it. Returns (Tally, interrupted by SIGTERM)."""
-    train_mode(model, args.freeze_bn_stats)
+def train_one_epoch(learner: Learner, loader, epoch: int, stop: StopRequest) -> tuple[Tally, bool]:
+    """One pass over the training data. Returns (Tally, interrupted by SIGTERM)."""
+    net, device, callbacks = learner.net, learner.device, learner.callbacks
+    train_mode(net, learner.freeze_bn_stats)
     tally = Tally(device)
     start = time.perf_counter()
     lap = _Laps(device, callbacks.device_sync)
-    for step, (images, targets) in enumerate(batches(loader, device, args, tally), 1):
+    for step, (images, targets) in enumerate(batches(loader, device, learner.mixed, tally), 1):
         data_s = lap()
-        if distributed.any_rank(stop.requested, topology, device):
+        if stop.seen(step, learner.topology, device):
             return tally, True
-        with autocast(device, args.amp):
-            output = model(images)
-            loss = criterion(output, targets)
+        with precision.autocast(device, learner.mixed):
+            output = net(images)
+            loss = learner.criterion(output, targets)
         forward_s = lap()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss).backward()
         backward_s = lap()
-        if schedule is not None:
-            schedule.set_step((epoch - 1) * len(loader) + step - 1)
-        scaler.step(optimizer)
-        scaler.update()
-        if weights_ema is not None:
-            weights_ema.update(unwrap(model))
+        if learner.schedule is not None:
+            learner.schedule.set_step((epoch - 1) * len(loader) + step - 1)
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        if learner.ema is not None:
+            learner.ema.update(unwrap(net))
         optimizer_s = lap()
         tally.add(loss, output, targets)
         callbacks.on_step_end(StepRecord(epoch, step, len(targets), loss.detach(), data_s, forward_s, backward_s,
                                          optimizer_s))
-        if args.log_interval and step % args.log_interval == 0 and topology.is_main:
+        if learner.log_interval and step % learner.log_interval == 0 and learner.topology.is_main:
             rate = tally.seen / (time.perf_counter() - start)
             log.info("epoch=%d step=%d/%d loss=%.4f images_per_sec=%.1f", epoch, step, len(loader), loss.item(), rate)
         lap()  # bookkeeping is nobody's phase
@@ -157,15 +191,22 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch, 
 
 
 @torch.inference_mode()
-def evaluate(model, criterion, loader, device, args, topology) -> tuple[float, float, int]:
-    """(mean loss, accuracy, skipped images) over the loader, summed over all ranks."""
+def evaluate(learner: Learner, loader, model: nn.Module | None = None,
+             keep: list | None = None) -> tuple[float, float, int]:
+    """(mean loss, accuracy, skipped images) of `model` (by default the network the learner trains)
+    over the loader, summed over all ranks; `keep` receives this rank's (targets, class probabilities)
+    per batch, on the CPU (train/evaluation.py)."""
+    model = unwrap(learner.net) if model is None else model
+    device = learner.device
     model.eval()
     tally = Tally(device)
-    for images, targets in batches(loader, device, args, tally):
-        with autocast(device, args.amp):
+    for images, targets in batches(loader, device, learner.mixed, tally):
+        with precision.autocast(device, learner.mixed):
             output = model(images)
-        tally.add(criterion(output.float(), targets), output, targets)
-    loss_sum, correct, seen, skipped = tally.totals(topology, device)
+        tally.add(learner.criterion(output.float(), targets), output, targets)
+        if keep is not None:
+            keep.append((targets.cpu(), output.float().softmax(1).cpu()))
+    loss_sum, correct, seen, skipped = tally.totals(learner.topology, device)
     if seen == 0:
         raise UserError("no readable images to evaluate on")
     return loss_sum / seen, correct / seen, skipped

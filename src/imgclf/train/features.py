@@ -13,6 +13,10 @@ random crops or flips), in a safe format: one `.npy` array per split and kind (r
 A `features` channel (what `extract-features` jobs write, also as their model.tar.gz) is checked
 against the job's identity, and against its image channels' names and sizes when it has them
 (a copy to another machine changes the times, not the data).
+
+A job on a features channel can also build and train the head alone (`HeadAlone`, the local
+tuner's trials): it writes the head's weights and the card, and `complete_artifact` later makes
+the whole network's artifact of the one kept, with the backbone weights the features came from.
 """
 from __future__ import annotations
 
@@ -31,9 +35,10 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from ..artifact.archive import UnsafeArchive, safe_extract
-from ..artifact.network import head
+from ..artifact.card import load_card, write_card
+from ..artifact.network import create_model, head, save_artifact
 from ..names import UserError
-from .backbone import find_imagenet_weights
+from .backbone import find_imagenet_weights, load_backbone
 from .contract import TrainingEnvironment
 from .data import make_loader
 
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "valid", "test")
+HEAD_FILE = "head.pt"  # a head-alone job's weights: the head's state_dict, beside model.json
 
 
 def file_digest(path: Path) -> str:
@@ -110,6 +116,11 @@ class FeatureSet:
     @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
+
+    @property
+    def dim(self) -> int:
+        """The length of a feature: the head's input."""
+        return next(iter(self.manifest["splits"].values()))["dim"]
 
     def dataset(self, split: str) -> TensorDataset:
         x = np.load(self.path / f"{split}.features.npy", allow_pickle=False)
@@ -213,15 +224,18 @@ def check_job(args, distributed: bool) -> None:
 def for_job(args, env: TrainingEnvironment, model: nn.Module, card, channel_set: FeatureSet | None,
             image_datasets, num_workers: int, device, autocast: Callable) -> FeatureSet:
     """The backbone features of every split of a job: the features channel's, after checking it fits
-    the job; else those in the checkpoint dir (for extract-features, the model dir) when their key
-    matches; else computed now and written there. `image_datasets` are (train, valid, test), None
-    where the job has no such images."""
-    weights = find_imagenet_weights(args.arch, env.channels.get("pretrained"))
+    the job; else those in the cache dir (the warm pool's, else the checkpoint dir; for extract-features,
+    the model dir) when their key matches; else computed now and written there. `image_datasets` are
+    (train, valid, test), None where the job has no such images."""
     identity = json.loads(json.dumps(dict(  # through JSON, as the manifest keeps it
-        arch=args.arch, weights_sha256=file_digest(weights), eval=card.eval.to_dict(), classes=list(card.classes),
+        arch=args.arch, eval=card.eval.to_dict(), classes=list(card.classes),
         holdout=None if "validation" in env.channels else [args.valid_split, args.seed])))
+    if not isinstance(model, HeadAlone):  # a head alone meets its backbone in complete_artifact, checked there
+        identity["weights_sha256"] = file_digest(find_imagenet_weights(args.arch, env.channels.get("pretrained")))
     named = {split: ds for split, ds in zip(SPLITS, image_datasets) if ds is not None}
     data = {split: data_identity(ds) for split, ds in named.items()}
+    if env.warm_pool_dir:  # each job on a warm pool downloads its channels afresh: new times, the same files
+        data = {split: [row[:2] for row in rows] for split, rows in data.items()}
     if channel_set is not None:
         if not named:  # no image channels: how the images were split is the set's own business
             identity.pop("holdout")
@@ -234,5 +248,47 @@ def for_job(args, env: TrainingEnvironment, model: nn.Module, card, channel_set:
                                device, autocast)
                 for split, ds in named.items()}
 
-    where = env.model_dir if args.extract_features else env.checkpoint_dir / "features"
+    where = env.model_dir if args.extract_features else env.cache_dir / "features"
     return ensure(where, identity, data, compute)
+
+
+# ---------------------------------------------------------------------------------------------
+# the head alone
+
+
+class HeadAlone(nn.Module):
+    """A new head without its network, where `head()` looks for one (`fc`): what a job on a features
+    channel trains when it leaves the whole network to `complete_artifact`. Every arch's head is an
+    nn.Linear with torch's default initialisation, as this one is."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Linear(in_features, num_classes)
+
+
+def head_alone(channel_set: FeatureSet | None, device) -> HeadAlone:
+    if channel_set is None:
+        raise UserError("training the head alone needs a features channel")
+    return HeadAlone(channel_set.dim, len(channel_set.classes)).to(device)
+
+
+def save_head(model_dir: Path, model: nn.Module, card) -> None:
+    """A head-alone job's model dir: the head's weights and the card; no model.pt yet."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in head(model).state_dict().items()}, model_dir / HEAD_FILE)
+    write_card(model_dir, card)
+
+
+def complete_artifact(model_dir: Path, feature_set: FeatureSet, pretrained_channel: Path | None) -> None:
+    """The whole network's artifact in a head-alone job's model dir: the backbone with the ImageNet
+    weights that `feature_set` was computed with, the head as trained (head.pt, then removed)."""
+    card = load_card(model_dir)
+    weights = find_imagenet_weights(card.arch, pretrained_channel)
+    if weights is None or file_digest(weights) != feature_set.manifest["identity"]["weights_sha256"]:
+        raise UserError(f"the ImageNet weights of {card.arch} here ({weights}) are not those the features in "
+                        f"{feature_set.path} were computed with: compute the features again")
+    model = create_model(card.arch, len(card.classes))
+    load_backbone(model, weights)
+    head(model).load_state_dict(torch.load(model_dir / HEAD_FILE, map_location="cpu", weights_only=True))
+    save_artifact(model_dir, model, card)
+    (model_dir / HEAD_FILE).unlink()

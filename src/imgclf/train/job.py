@@ -1,4 +1,4 @@
-"""Transfer-learning training job: the program that `docker run IMAGE train` runs by default (toolkit.py).
+"""Transfer-learning training job: the program that `docker run IMAGE train` runs by default.
 
 Reads the SageMaker contract (contract.py), trains with SGD, validates each epoch, tests at the
 end, writes the model artifact (model.py), checkpoints every epoch and on SIGTERM, and resumes
@@ -25,10 +25,9 @@ from ..artifact.card import ModelCard
 from ..artifact.network import save_artifact
 from ..callbacks import Callback, Callbacks, TrainingJob
 from ..names import LOG_FORMAT, UserError
-from . import distributed, features, hyperparameters
+from . import distributed, evaluation, features, hyperparameters
 from .builders import (
     Job,
-    Learner,
     Splits,
     build_learner,
     build_loaders,
@@ -50,7 +49,7 @@ from .builders import (
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .contract import TrainingEnvironment, failure_reason, run_job
 from .data import set_epoch
-from .engine import SIGTERM_EXIT, StopRequest, TrainState, evaluate, train_one_epoch, unwrap
+from .engine import SIGTERM_EXIT, Learner, StopRequest, TrainState, evaluate, train_one_epoch
 from .metrics import format_metrics
 
 log = logging.getLogger("imgclf.train")
@@ -70,13 +69,17 @@ def parse_hyperparameters(raw: dict[str, str], argv: list[str] | None = None) ->
 # the job
 
 
-def main(args: argparse.Namespace, env: TrainingEnvironment, callbacks: Sequence[Callback] = ()) -> int:
+def main(args: argparse.Namespace, env: TrainingEnvironment, callbacks: Sequence[Callback] = (), *,
+         head_only: bool = False) -> int:
     """Train as `args` say; `callbacks` watch the loop (callbacks.py) and hear how it ended.
-    Under torchrun, each process joins the process group that torchrun describes."""
+    Under torchrun, each process joins the process group that torchrun describes. `head_only` (the
+    local tuner's trials on a features channel): build the head alone and write only it, without
+    the evaluation report, for features.complete_artifact to turn into the whole network's artifact
+    if it is kept."""
     topology = distributed.init()
     observers = Callbacks(callbacks)
     try:
-        code = _train(args, env, topology, observers)
+        code = _train(args, env, topology, observers, head_only)
     except BaseException as e:
         observers.on_train_abort(failure_reason(e))
         raise
@@ -87,10 +90,11 @@ def main(args: argparse.Namespace, env: TrainingEnvironment, callbacks: Sequence
     return code
 
 
-def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callbacks: Callbacks) -> int:
-    stop = StopRequest()
-    stop.install()
+def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callbacks: Callbacks,
+           head_only: bool) -> int:
     device = torch.device(f"cuda:{topology.local_rank}" if torch.cuda.is_available() else "cpu")
+    stop = StopRequest.for_device(device)
+    stop.install()
     job = Job(args, env, topology, device, callbacks,
               args.num_workers if args.num_workers is not None else default_workers(topology))
     seed_everything(args.seed + topology.rank)
@@ -99,13 +103,12 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     channel_set = open_features_channel(job)
     images = build_splits(job, transforms, channel_set)
     card = ModelCard(arch=args.arch, classes=tuple(images.classes), eval=transforms.eval_settings)
-    model = build_model(args, images.classes, env, device)
-    choose_precision(job, model)
-    args = job.args
-    probe_head(job, model, card, transforms)
+    model = features.head_alone(channel_set, device) if head_only else build_model(args, images.classes, env, device)
+    mixed = choose_precision(job, model)
+    probe_head(job, model, card, transforms, mixed)
     splits = images
     if uses_features(args):
-        feature_set = feature_splits(job, model, card, images, channel_set)
+        feature_set = feature_splits(job, model, card, images, channel_set, mixed)
         if args.extract_features:
             log.info("features of %s written to %s", ", ".join(feature_set.splits), feature_set.path)
             return 0
@@ -115,7 +118,7 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     if topology.is_main:
         log_splits(splits, cached=uses_features(args))
 
-    learner = build_learner(job, model, trains_head_only=uses_features(args))
+    learner = build_learner(job, model, trains_head_only=uses_features(args), mixed=mixed)
     checkpoint = env.checkpoint_dir / CHECKPOINT_FILE
     resumed = args.checkpoint and load_checkpoint(checkpoint, model, learner.optimizer, learner.scaler, card)
     state = TrainState(**(resumed or {}))
@@ -127,7 +130,8 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     build_schedule(job, learner, loaders)
     if topology.is_main:
         env.output_data_dir.mkdir(parents=True, exist_ok=True)
-        (env.output_data_dir / "args.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+        ran = {**vars(args), "amp": mixed}  # amp as this machine runs it
+        (env.output_data_dir / "args.json").write_text(json.dumps(ran, indent=2) + "\n")
 
     def save() -> None:
         if args.checkpoint:
@@ -136,16 +140,26 @@ def _train(args, env: TrainingEnvironment, topology: distributed.Topology, callb
     if not fit(job, learner, loaders, state, stop, save):
         return SIGTERM_EXIT
     restore_best(job, learner)
-    if "test" in loaders:
-        test_loss, test_acc, test_skipped = evaluate_split(job, learner, "test", loaders["test"])
-        if topology.is_main:
-            log.info(format_metrics(test_loss=test_loss, test_acc=test_acc))
-            state.history.append(dict(test_loss=test_loss, test_acc=test_acc, test_skipped=test_skipped))
+    test_batches = evaluate_test_channel(job, learner, loaders, state)
     if topology.is_main:
         write_artifact(job, model, card, images, transforms.eval)
         (env.output_data_dir / "metrics.json").write_text(json.dumps(state.history, indent=2) + "\n")
+    if not head_only:  # the report belongs to an artifact; a head alone is not one yet
+        evaluation.run(job, learner, loaders, images.classes, images.train, test_batches)
     callbacks.on_train_end(state.history)
     return 0
+
+
+def evaluate_test_channel(job: Job, learner: Learner, loaders: dict, state: TrainState) -> list:
+    """The test channel's loss and accuracy, logged and kept in the history; returns its answers
+    (for evaluation.json), none without a test channel."""
+    batches: list = []
+    if "test" in loaders:
+        loss, acc, skipped = evaluate_split(job, learner, "test", loaders["test"], batches)
+        if job.topology.is_main:
+            log.info(format_metrics(test_loss=loss, test_acc=acc))
+            state.history.append(dict(test_loss=loss, test_acc=acc, test_skipped=skipped))
+    return batches
 
 
 def log_splits(splits: Splits, cached: bool) -> None:
@@ -154,9 +168,10 @@ def log_splits(splits: Splits, cached: bool) -> None:
              " (cached features)" if cached else "")
 
 
-def evaluate_split(job: Job, learner: Learner, split: str, loader) -> tuple[float, float, int]:
+def evaluate_split(job: Job, learner: Learner, split: str, loader,
+                   keep: list | None = None) -> tuple[float, float, int]:
     job.callbacks.on_evaluate_begin(split)
-    loss, acc, skipped = evaluate(unwrap(learner.net), learner.criterion, loader, job.device, job.args, job.topology)
+    loss, acc, skipped = evaluate(learner, loader, keep=keep)
     job.callbacks.on_evaluate_end(split, {f"{split}_loss": loss, f"{split}_acc": acc})
     return loss, acc, skipped
 
@@ -170,9 +185,7 @@ def fit(job: Job, learner: Learner, loaders: dict, state: TrainState, stop: Stop
         set_epoch(loaders["train"], epoch)
         callbacks.on_epoch_begin(epoch)
         start = time.perf_counter()
-        tally, interrupted = train_one_epoch(learner.net, learner.criterion, learner.optimizer, learner.scaler,
-                                             loaders["train"], device, epoch, args, topology, stop, callbacks,
-                                             learner.schedule, learner.ema)
+        tally, interrupted = train_one_epoch(learner, loaders["train"], epoch, stop)
         if interrupted:
             if topology.is_main:
                 save()
@@ -207,14 +220,18 @@ def validate_ema(job: Job, learner: Learner, loader, valid: tuple[float, float],
     """The EMA's validation metrics ({} without an EMA); the better of it and the network is kept."""
     if learner.ema is None:
         return {}
-    loss, acc, _ = evaluate(learner.ema.module, learner.criterion, loader, job.device, job.args, job.topology)
+    loss, acc, _ = evaluate(learner, loader, learner.ema.module)
     keep_best(learner, valid, (loss, acc), epoch)
     return dict(ema_valid_loss=loss, ema_valid_acc=acc)
 
 
 def write_artifact(job: Job, model: nn.Module, card: ModelCard, images: Splits, eval_tf) -> None:
     """model.pt and model.json, then the faster copies for CPU serving (OpenVINO float32 and int8),
-    calibrated on training images and checked on the validation set."""
+    calibrated on training images and checked on the validation set. A head alone: its weights and model.json."""
+    if isinstance(model, features.HeadAlone):
+        features.save_head(job.env.model_dir, model, card)
+        log.info("head written to %s", job.env.model_dir)
+        return
     save_artifact(job.env.model_dir, model, card)
     if job.args.serving_formats and images.train is not None:
         export.export_serving_formats(job.env.model_dir, model, card,

@@ -73,7 +73,7 @@ RECIPES: dict[str, dict] = {
     "finetune": FINETUNE,
     "lp-ft": {**FINETUNE, "lp_steps": 100},  # L-BFGS iterations of the probe on cached features
 }
-# the best of the three in bench/bench_recipe.py's 15-epoch job (README, "Training recipes"), at
+# the best of the three in bench/bench_recipe.py's 15-epoch job (docs/benchmarks.md#recipe-bench), at
 # about four times linear's training time
 DEFAULT_RECIPE = "finetune"
 INGREDIENTS = tuple(LINEAR)

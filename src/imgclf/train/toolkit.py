@@ -35,7 +35,7 @@ from .contract import failure_reason, write_failure
 
 log = logging.getLogger(__name__)
 
-TRAIN_PROGRAM = str(Path(__file__).with_name("programs") / "imgclf_train.py")
+TRAIN_PROGRAM = str(Path(__file__).parents[1] / "programs" / "imgclf_train.py")  # imgclf/programs/
 PROCESSES_PER_HOST = "processes-per-host"  # the image's own, not passed to a user's script
 TORCH_DISTRIBUTED_ENABLED = "sagemaker_torch_distributed_enabled"  # what the SDK sends for torch_distributed
 OTHER_DISTRIBUTIONS = ("sagemaker_mpi_enabled", "sagemaker_parameter_server_enabled",
