@@ -127,7 +127,7 @@ def pretrain(root: Path, epochs: int) -> Path:
     pretrained channel, the folder holding its `resnet50.pth`. It stands in for ImageNet weights:
     the networks that a from-scratch job makes in this benchmark's minutes answer many images with
     near ties, which int8 flips whatever the layers it keeps. The fine-tuned one has fewer, but
-    whether int8 then keeps 99 % depends on the weights it starts from (README)."""
+    whether int8 then keeps 99 % depends on the weights it starts from (docs/design/int8-accuracy.md)."""
     from serve_precision_agreement import train_fashion_mnist
 
     common = ["--recipe", "finetune", "--backbone-lr-ratio", "1", "--momentum", "0.9", "--weight-decay", "5e-5",

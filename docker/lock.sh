@@ -6,7 +6,7 @@
 # lock's versions (a constraint), so both images serve with the same packages. Run it after
 # changing a pin:
 #
-#   docker/lock.sh                      # both locks; needs PyPI, not Docker (its time: README, Security)
+#   docker/lock.sh                      # both locks; needs PyPI, not Docker (its time: docs/benchmarks.md#lock)
 #   docker/lock.sh cpu                  # the CPU lock only, from the full lock as it is
 #   INDEX_URL=https://mirror.example/simple docker/lock.sh
 #

@@ -6,7 +6,9 @@
 # BASE_IMAGE and DOCKER_BUILD_ARGS are used for the build when set.
 set -euo pipefail
 cd "$(dirname "$0")"
+. ./checks.sh
 image=${1:-imgclf:latest}
+command -v docker >/dev/null || die "docker not found: install Docker (https://docs.docker.com/engine/install/)"
 export PORT=${PORT:-8080}
 name=imgclf-sample-$$
 

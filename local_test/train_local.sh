@@ -5,7 +5,9 @@
 # reason in test_dir/output/failure.
 set -euo pipefail
 cd "$(dirname "$0")"
+. ./checks.sh
 image=${1:-imgclf:latest}
+need_image "$image"
 # Earlier outputs are root's (the container runs as root): clear them from inside a container.
 docker run --rm -v "$PWD/test_dir:/opt/ml" "$image" rm -rf /opt/ml/model /opt/ml/output /opt/ml/checkpoints
 docker run --rm -v "$PWD/test_dir:/opt/ml" "$image" train

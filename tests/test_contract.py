@@ -72,6 +72,19 @@ def test_sm_variables_override_paths(tmp_path):
     assert env.hosts == ["a", "b"] and env.current_host == "a"
 
 
+def test_the_checkpoint_folder_variable_is_the_projects_own_and_the_old_name_still_read(tmp_path):
+    base = {"SAGEMAKER_BASE_DIR": str(tmp_path)}
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    assert TrainingEnvironment.from_env({**base, "SM_CHECKPOINT_DIR": old}).checkpoint_dir == tmp_path / "old"
+    both = {**base, "SM_CHECKPOINT_DIR": old, "IMGCLF_CHECKPOINT_DIR": new}
+    assert TrainingEnvironment.from_env(both).checkpoint_dir == tmp_path / "new"
+
+
+def test_hyperparameters_json_wins_over_sm_hps(tmp_path):
+    (tmp_path / "hyperparameters.json").write_text('{"epochs": "2"}')
+    assert read_hyperparameters(tmp_path, {"SM_HPS": '{"epochs": 9, "lr": 0.5}'}) == {"epochs": "2"}
+
+
 def test_failure_reasons_name_the_kind():
     assert failure_reason(UserError("no images")) == "ClientError: no images"
     assert failure_reason(MemoryError()).startswith("OutOfMemoryError")

@@ -1,4 +1,4 @@
-"""The hyperparameter table: the README's copy is generated from it, and stays so."""
+"""The hyperparameter table: the copy in docs/training.md is generated from it, and stays so."""
 import pytest
 from conftest import ROOT
 
@@ -6,17 +6,17 @@ from imgclf.names import UserError
 from imgclf.train import hyperparameters as hp
 
 
-def test_the_readme_table_is_the_code_table():
-    readme = (ROOT / "README.md").read_text()
-    assert hp.with_table(readme, hp.markdown_table()) == readme, \
-        "README's hyperparameter table differs: run python -m imgclf.hyperparameters --readme README.md"
+def test_the_table_in_docs_training_is_the_code_table():
+    page = (ROOT / "docs" / "training.md").read_text()
+    assert hp.with_table(page, hp.markdown_table()) == page, \
+        "the table differs: run python -m imgclf.train.hyperparameters --write docs/training.md"
 
 
 def test_a_new_hyperparameter_reaches_the_table_between_the_markers():
     extra = hp.Hyperparameter("new-thing", int, 3, "a | b <c>", low=1)
-    text = f"intro\n{hp.README_BEGIN}\nold table\n{hp.README_END}\nrest\n"
+    text = f"intro\n{hp.TABLE_BEGIN}\nold table\n{hp.TABLE_END}\nrest\n"
     out = hp.with_table(text, hp.markdown_table((*hp.HYPERPARAMETERS, extra)))
-    assert out.startswith(f"intro\n{hp.README_BEGIN}\n\n| name |") and out.endswith(f"{hp.README_END}\nrest\n")
+    assert out.startswith(f"intro\n{hp.TABLE_BEGIN}\n\n| name |") and out.endswith(f"{hp.TABLE_END}\nrest\n")
     assert "old table" not in out
     assert "| `new-thing` | int | `3` | [1, inf) | a \\| b &lt;c> |" in out
     with pytest.raises(ValueError, match="markers"):

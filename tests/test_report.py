@@ -38,7 +38,8 @@ def report_cli(*args):
 
 def test_the_job_writes_a_self_contained_report(job_output):
     html = (job_output / report.REPORT_FILE).read_text()
-    for section in ("Training job summary", "Rules summary", "Loss and accuracy", "Step durations", "System usage"):
+    for section in ("Training job summary", "Rules summary", "Loss and accuracy", "Evaluation", "Step durations",
+                    "System usage"):
         assert f">{section}</h2>" in html
     assert "<script" not in html and "<link" not in html and " src=" not in html  # nothing to fetch
     assert html.count("<svg") >= 6
@@ -63,7 +64,7 @@ def test_the_command_renders_it_again_from_a_folder_or_the_s3_archive(job_output
 
 def test_the_command_says_when_there_is_nothing_to_report(tmp_path):
     done = report_cli(tmp_path)
-    assert done.returncode == 1 and "no profile-*.json under" in done.stderr
+    assert done.returncode == 2 and "no profile-*.json under" in done.stderr
 
 
 def test_a_distributed_job_gets_one_section_per_host(job_output):

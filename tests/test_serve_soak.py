@@ -1,4 +1,4 @@
-"""CI's short run of bench/serve_soak.py (the long one is run by hand, see the README): a few
+"""CI's short run of bench/serve_soak.py (the long one is run by hand, see docs/serving.md): a few
 hundred requests at concurrency 8 against the real server, a tenth of them bad, no errors and
 no worker crash."""
 import json

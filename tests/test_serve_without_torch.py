@@ -140,4 +140,4 @@ def test_imgclf_export_with_data_adds_the_int8_copy_checked_on_it(exported, tmp_
     assert formats["openvino_fp32"].agreement.top1_agreement == 1.0
     missing = subprocess.run([sys.executable, "-m", "imgclf.train.export_cli", str(tmp_path / "nothing")],
                              capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT / "src")})
-    assert missing.returncode == 1 and "not a model artifact" in missing.stdout
+    assert missing.returncode == 2 and "not a model artifact" in missing.stderr

@@ -10,19 +10,20 @@ from a finished job's output, a folder or the output.tar.gz downloaded from S3:
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import functools
 import io
 import json
 import statistics
-import sys
 import tarfile
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
 
+from ..commandline import ArgumentParser, add_verbose, fail
+from ..artifact.baseline import read_evaluation
+from . import evaluation_section
 from .charts import line_chart
 from .jobdata import STEP_PHASES, JobData
 from .profiler_rules import percentile
@@ -36,9 +37,9 @@ ENDINGS = {"stopped": "The job was stopped before it completed", "failed": "The 
 
 
 
-def write(profiles: list[JobData], path: Path) -> Path:
+def write(profiles: list[JobData], path: Path, evaluation: dict | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(profiles), encoding="utf-8")
+    path.write_text(render(profiles, evaluation), encoding="utf-8")
     return path
 
 
@@ -49,7 +50,8 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
-def render(profiles: list[JobData]) -> str:
+def render(profiles: list[JobData], evaluation: dict | None = None) -> str:
+    """The report; `evaluation`, the job's evaluation.json, adds its section."""
     if not profiles:
         raise ValueError("no profiles to report on")
     profiles = sorted(profiles, key=lambda p: (p.rank, p.host))
@@ -59,7 +61,7 @@ def render(profiles: list[JobData]) -> str:
         ending=_ending(main), labels=[p.label for p in profiles],
         generated=_time(dt.datetime.now().timestamp()), summary=_job_summary(main), rules=rules,
         fired=[r for r in rules if r["triggers"]], curves=_training_curves(main),
-        hosts=[_host(p) for p in profiles], phases=STEP_PHASES)
+        hosts=[_host(p) for p in profiles], phases=STEP_PHASES, evaluation=evaluation_section.section(evaluation))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,20 +222,23 @@ def load(path: Path) -> list[JobData]:
 
 
 def cli(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="imgclf-report", description="Render the profiler report of a finished "
-                                "training job from its output (folder, or output.tar.gz from S3).")
+    p = ArgumentParser(prog="imgclf-report", description="Render the profiler report of a finished "
+                       "training job from its output (folder, or output.tar.gz from S3).")
     p.add_argument("output", type=Path, help="the job's output data folder (or any folder above it), or output.tar.gz")
     p.add_argument("-o", "--out", type=Path, help=f"the HTML file (default: {REPORT_FILE} in the folder, or beside "
                                                    "the archive)")
+    add_verbose(p)
     args = p.parse_args(argv)
     try:
         profiles = load(args.output)
     except (OSError, ValueError, tarfile.TarError) as e:
-        sys.exit(f"error: cannot read {args.output}: {e}")
+        fail("imgclf-report", f"cannot read {args.output}: {e}; give a job's output folder or its output.tar.gz",
+             args.verbose)
     if not profiles:
-        sys.exit(f"error: no {PROFILE_GLOB} under {args.output}: was the job run with profiler or rules on?")
+        fail("imgclf-report", f"no {PROFILE_GLOB} under {args.output}: give the output of a job run with the "
+                              "profiler or rules on", args.verbose)
     out = args.out or (args.output / REPORT_FILE if args.output.is_dir() else args.output.with_name(REPORT_FILE))
-    print(write(profiles, out))
+    print(write(profiles, out, read_evaluation(args.output) if args.output.is_dir() else None))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ def pack(source: Path, dest: Path, shard_size_mb: float = shards.DEFAULT_SHARD_S
     """Pack class folders into shards: each split of a data root (train/ valid/ test/) into dest/<split>,
     or the class folders of one split into dest."""
     source, dest = Path(source), Path(dest)
+    if not source.is_dir():
+        raise UserError(f"no folder {source}: give pack a folder of class folders, or a data root with train/")
     present = [name for name in SPLIT_CHANNELS if (source / name).is_dir()]
     if not present:
         return {source.name: shards.pack(source, dest, shard_size_mb)}

@@ -17,6 +17,7 @@ import sagemaker
 from sagemaker.local import LocalSession
 
 from ..names import UserError
+from .options import LOCAL_SERVING_PORT
 
 LOCAL_REGION = "us-east-1"
 # Local mode only checks that a role looks like an ARN; nothing assumes it.
@@ -43,7 +44,7 @@ class Target:
         return LOCAL_INSTANCE_TYPES[self.gpu] if self.local else requested
 
 
-def local_target(container_root: Path | None = None, serving_port: int = 8080, gpu: bool = False) -> Target:
+def local_target(container_root: Path | None = None, serving_port: int = LOCAL_SERVING_PORT, gpu: bool = False) -> Target:
     """Local mode: jobs and endpoints are Docker Compose services on this machine.
 
     `container_root` holds the SDK's per-job temporary folders (default: the system temp dir);
@@ -59,9 +60,17 @@ def local_target(container_root: Path | None = None, serving_port: int = 8080, g
     return Target(session, LOCAL_ROLE, gpu)
 
 
+def aws_session(region: str | None = None) -> sagemaker.Session:
+    """A SageMaker session on the user's AWS account, in `region` or the configuration's."""
+    boto_session = boto3.Session(region_name=region)  # reads the configuration, calls nothing
+    if not boto_session.region_name:
+        raise UserError("no AWS region: give --region, set $AWS_REGION, or run `aws configure` (or use --local)")
+    return sagemaker.Session(boto_session=boto_session, sagemaker_config=SDK_CONFIG)
+
+
 def aws_target(region: str | None = None, role: str | None = None) -> Target:
     """A session on the user's AWS account; the role from the argument, $SAGEMAKER_ROLE, or the notebook's."""
-    session = sagemaker.Session(boto_session=boto3.Session(region_name=region), sagemaker_config=SDK_CONFIG)
+    session = aws_session(region)
     role = role or os.environ.get(ROLE_ENV)
     if not role:
         try:

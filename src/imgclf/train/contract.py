@@ -2,7 +2,9 @@
 
 Everything is read once into a `TrainingEnvironment` (built in `main`, injectable in tests).
 Every path can be overridden by the SM_* variable that sagemaker-training defines, so the same
-code runs on a laptop: `SM_CHANNEL_TRAINING=./images SM_MODEL_DIR=./model imgclf-train`.
+code runs on a laptop: `SM_CHANNEL_TRAINING=./images SM_MODEL_DIR=./model imgclf-train`. The
+checkpoint folder, which sagemaker-training has no variable for, is IMGCLF_CHECKPOINT_DIR
+(SM_CHECKPOINT_DIR, its earlier name, is still read).
 """
 from __future__ import annotations
 
@@ -15,14 +17,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..names import CHANNELS, UserError  # UserError is also imported from here by the training modules
+from ..commandline import USER_ERROR_EXIT, verbose
+from ..names import CHANNELS, SAGEMAKER_BASE_DIR, UserError  # UserError is also imported from here by the training modules
 
 log = logging.getLogger(__name__)
 
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
-DEFAULT_BASE_DIR = "/opt/ml"
+# given by SageMaker to a job on a warm pool (KeepAlivePeriodInSeconds): kept for the next job on the pool
+WARM_POOL_CACHE_ENV = "SAGEMAKER_MANAGED_WARMPOOL_CACHE_DIRECTORY"
 # Hyperparameters SageMaker itself adds (SDK script mode, tuning jobs); not ours to parse.
 RESERVED_PREFIXES = ("sagemaker_", "_")
+# the checkpoint folder: ours (sagemaker-training defines no such variable), then the name it had before
+CHECKPOINT_DIR_ENVS = ("IMGCLF_CHECKPOINT_DIR", "SM_CHECKPOINT_DIR")
 
 
 @dataclass
@@ -37,14 +43,22 @@ class TrainingEnvironment:
     current_host: str = "localhost"
     network_interface: str | None = None
     config_dir: Path | None = None  # debughookconfig.json, profilerconfig.json (imgclf.debug reads them)
+    warm_pool_dir: Path | None = None
 
     @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where a job keeps what the next one reuses (the feature cache, an unpacked features channel):
+        the warm pool's cache directory when SageMaker gives one, else the checkpoint folder, which
+        checkpoint_s3_uri syncs, so that a restarted job finds them."""
+        return self.warm_pool_dir or self.checkpoint_dir
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> TrainingEnvironment:
-        base = Path(environ.get(BASE_DIR_ENV, DEFAULT_BASE_DIR))
+        base = Path(environ.get(BASE_DIR_ENV, SAGEMAKER_BASE_DIR))
 
         def path(var: str, default: Path) -> Path:
             return Path(environ[var]) if environ.get(var) else default
@@ -63,13 +77,15 @@ class TrainingEnvironment:
             model_dir=path("SM_MODEL_DIR", base / "model"),
             output_data_dir=path("SM_OUTPUT_DATA_DIR", base / "output" / "data"),
             output_dir=path("SM_OUTPUT_DIR", base / "output"),
-            checkpoint_dir=path("SM_CHECKPOINT_DIR", base / "checkpoints"),
+            checkpoint_dir=next((Path(environ[v]) for v in CHECKPOINT_DIR_ENVS if environ.get(v)),
+                                base / "checkpoints"),
             channels=channels,
             hyperparameters=read_hyperparameters(config_dir, environ),
             hosts=sorted(hosts),
             current_host=current,
             network_interface=resources.get("network_interface_name"),
             config_dir=config_dir,
+            warm_pool_dir=Path(environ[WARM_POOL_CACHE_ENV]) if environ.get(WARM_POOL_CACHE_ENV) else None,
         )
 
 
@@ -95,7 +111,8 @@ def decode_value(value) -> str:
 
 
 def read_hyperparameters(config_dir: Path, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """hyperparameters.json (as SageMaker writes it), else SM_HPS; reserved SageMaker keys dropped."""
+    """hyperparameters.json (as SageMaker writes it) when the file exists, else SM_HPS: the file wins,
+    SM_HPS is the fallback for running without one, not an override. Reserved SageMaker keys dropped."""
     raw = _read_json(config_dir / "hyperparameters.json")
     if raw is None:
         raw = json.loads(environ.get("SM_HPS") or "{}")
@@ -171,9 +188,10 @@ def run_job(job: Callable[[], int | None], failure_file: Path) -> int:
         raise
     except BaseException as e:
         reason = failure_reason(e)
-        log.exception("training failed: %s", reason)
+        user_error = isinstance(e, UserError)  # one line that names the fix; a traceback only when asked for
+        log.error("training failed: %s", reason, exc_info=not user_error or verbose())
         write_failure(failure_file, reason)
-        return 2 if isinstance(e, UserError) else 1
+        return USER_ERROR_EXIT if user_error else 1
 
 
 def write_failure(failure_file: Path, reason: str) -> None:

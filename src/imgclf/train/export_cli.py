@@ -25,7 +25,8 @@ from ..artifact.export import export_serving_formats
 from ..artifact.images import PROBE_IMAGES, EvalTransform, probe_batch
 from ..artifact.network import load_artifact, to_openvino
 from ..artifact.openvino_runtime import FILES, FP32_FORMAT, compile_model, openvino_available, save_model
-from ..names import LOG_FORMAT
+from ..commandline import ArgumentParser, add_verbose, user_errors
+from ..names import LOG_FORMAT, UserError
 from .data import ImageFolderDataset
 from .presets import ClassificationPresetEval
 
@@ -51,10 +52,10 @@ def add_fp32(model_dir: Path, model: torch.nn.Module, card):
 
 
 def main(args: argparse.Namespace) -> int:
+    """0 when the copies are written; a UserError for what the user can fix (no OpenVINO, no artifact)."""
     if not openvino_available(calibration=args.data is not None):
-        log.error("needs OpenVINO%s: run it in the full image, or pip install 'imgclf[openvino]'",
-                  " and NNCF" if args.data else "")
-        return 1
+        raise UserError(f"needs OpenVINO{' and NNCF' if args.data else ''}: run it in the full image, "
+                        "or pip install 'imgclf[openvino]'")
     try:
         model, card = load_artifact(args.model_dir)
         if args.data is None:
@@ -63,23 +64,27 @@ def main(args: argparse.Namespace) -> int:
             images = ImageFolderDataset(args.data, card.classes, ClassificationPresetEval.from_settings(card.eval))
             card = export_serving_formats(args.model_dir, model, card, calibration=images, validation=images)
     except (ModelError, OSError, ValueError) as e:
-        log.error("cannot export %s: %s", args.model_dir, e)
-        return 1
+        raise UserError(f"cannot export {args.model_dir}: {e}") from e
     log.info("%s now holds %s", args.model_dir, ", ".join(f"{name} ({f.file})" for name, f in card.formats.items()))
     return 0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0].strip('`').split('`')[-1].strip(": "))
+    p = ArgumentParser(prog="imgclf-export",
+                       description=__doc__.splitlines()[0].strip('`').split('`')[-1].strip(": "))
     p.add_argument("model_dir", type=Path, help="the artifact: a folder with model.json and model.pt")
     p.add_argument("--data", type=Path, help="labelled images (one folder per class) to calibrate the int8 copy "
-                                             "on and to check both copies against torch")
+                                             "on and to check both copies against torch (default: none, the "
+                                             "float32 copy alone)")
+    add_verbose(p)
     return p
 
 
 def cli(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stdout)
-    sys.exit(main(get_args_parser().parse_args(argv)))
+    args = get_args_parser().parse_args(argv)
+    with user_errors("imgclf-export", args.verbose):
+        sys.exit(main(args))
 
 
 if __name__ == "__main__":

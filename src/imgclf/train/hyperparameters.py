@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifact.card import ARCHS
+from ..commandline import ArgumentParser
 from ..names import (
     DEBUG_SAVE_INTERVAL,
     MIN_DEBUG_SAVE_INTERVAL,
@@ -67,19 +68,23 @@ class Hyperparameter:
         return f"{left}{self.low if self.low is not None else '-inf'}, {self.high if self.high is not None else 'inf'}{right}"
 
 
+# the names other modules set or leave out (the tuner, the launcher), spelled once
+EPOCHS, LOG_INTERVAL, CHECKPOINT, SERVING_FORMATS = "epochs", "log-interval", "checkpoint", "serving-formats"
+FEATURES, EXTRACT_FEATURES = "features", "extract-features"
+
 HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
     Hyperparameter("arch", str, "resnet50", "network", choices=ARCHS),
     Hyperparameter("pretrained", bool, True, "start from ImageNet weights (pretrained channel, baked-in file, "
                    "package, or torchvision's download); false trains from random initialisation"),
     Hyperparameter("freeze", bool, None, "train the new head only, the frozen backbone as in evaluation (batch-norm "
                    "statistics, dropout fixed); false fine-tunes all (default: the recipe's)"),
-    Hyperparameter("epochs", int, 15, "passes over the training data", low=1),
+    Hyperparameter(EPOCHS, int, 15, "passes over the training data", low=1),
     Hyperparameter("batch-size", int, None, "per process (default: the recipe's; linear's is the original tuning "
                    "job's best trial)", low=1),
     Hyperparameter("lr", float, BEST_KNOWN["lr"], "SGD learning rate, of the head where the backbone has its own "
-                   "(default: the original tuning job's best trial)",
+                   f"(default: {BEST_KNOWN['lr']}, the original tuning job's best trial)",
                    low=0, open="low"),
-    Hyperparameter("momentum", float, BEST_KNOWN["momentum"], "SGD momentum (the same best trial's)", low=0, high=1),
+    Hyperparameter("momentum", float, BEST_KNOWN["momentum"], f"SGD momentum (default: {BEST_KNOWN['momentum']}, the same best trial's)", low=0, high=1),
     Hyperparameter("weight-decay", float, None, "SGD weight decay (default: the recipe's)", low=0),
     Hyperparameter("image-size", int, 224, "training crop; evaluation resizes to image-size / eval-crop-ratio and centre-crops",
                    low=16),
@@ -91,22 +96,22 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
                    low=0, high=1, open="both"),
     Hyperparameter("early-stopping-patience", int, 0, "stop after this many epochs without a lower valid_loss (0: off)",
                    low=0),
-    Hyperparameter("log-interval", int, 50, "steps between progress lines (0: off)", low=0),
+    Hyperparameter(LOG_INTERVAL, int, 50, "steps between progress lines (0: off)", low=0),
     Hyperparameter("amp", bool, True, "mixed precision and channels_last: AMP on CUDA, bf16 autocast on CPUs with "
                    "AVX-512 BF16 or AMX when a timed probe finds it faster (on every rank of a distributed job)"),
     Hyperparameter("augment", bool, True, "random crops and flips of training images; false feeds them as "
                    "evaluation does"),
-    Hyperparameter("features", bool, False, "frozen backbone: compute each image's backbone features once "
+    Hyperparameter(FEATURES, bool, False, "frozen backbone: compute each image's backbone features once "
                    "(or read the features channel) and train the head on them; no augmentation"),
-    Hyperparameter("extract-features", bool, False, "only compute the backbone features of every channel into "
+    Hyperparameter(EXTRACT_FEATURES, bool, False, "only compute the backbone features of every channel into "
                    "the model dir, for a features channel of later jobs"),
-    Hyperparameter("checkpoint", bool, True, "save a checkpoint every epoch and on SIGTERM, which a restarted job "
+    Hyperparameter(CHECKPOINT, bool, True, "save a checkpoint every epoch and on SIGTERM, which a restarted job "
                    "resumes from (the local tuner's trials, rerun whole when interrupted, skip it)"),
-    Hyperparameter("serving-formats", bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
+    Hyperparameter(SERVING_FORMATS, bool, True, "also store OpenVINO float32 and int8 copies for CPU serving, "
                    "calibrated on training images and checked on the validation set (tuning trials skip them)"),
     # training recipe (recipe.py): `recipe` gives each ingredient below its default; a value set here wins
     Hyperparameter("recipe", str, None, "linear: frozen backbone, new head; finetune: the whole network with the "
-                   "ingredients below; lp-ft: a linear probe on cached features, then finetune (default: "
+                   "recipe's ingredients (label-smoothing to lp-steps); lp-ft: a linear probe on cached features, then finetune (default: "
                    f"{recipe.DEFAULT_RECIPE}; linear with freeze, features or extract-features)",
                    choices=tuple(recipe.RECIPES)),
     Hyperparameter("label-smoothing", float, None, "cross-entropy label smoothing (0: off)", low=0, high=1,
@@ -154,7 +159,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 BY_NAME = {hp.name: hp for hp in HYPERPARAMETERS}
 
 
-class _ArgumentParser(argparse.ArgumentParser):
+class _ArgumentParser(ArgumentParser):  # whole flag names only, as every command line
     def error(self, message):  # report through the failure file instead of usage + exit(2)
         raise UserError(f"bad hyperparameter: {message}")
 
@@ -163,15 +168,36 @@ def _argparse_type(hp: Hyperparameter):
     return str2bool if hp.type is bool else hp.type
 
 
+def _value_text(value) -> str:
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return json.dumps(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def flag_help(hp: Hyperparameter) -> str:
+    """A hyperparameter's meaning and its default, stated once: a recipe's ingredient left at None
+    lists each recipe's value."""
+    if "default" in hp.help:
+        return hp.help
+    if hp.default is None and hp.dest in recipe.INGREDIENTS:
+        default = "the recipe's: " + ", ".join(f"{name} {_value_text(values[hp.dest])}"
+                                               for name, values in recipe.RECIPES.items())
+    else:
+        default = _value_text(hp.default)
+    return f"{hp.help} (default: {default})".lstrip()
+
+
 def add_arguments(parser: argparse.ArgumentParser, table=HYPERPARAMETERS) -> None:
     for hp in table:
         parser.add_argument(f"--{hp.name}", type=_argparse_type(hp), default=hp.default, choices=hp.choices,
-                            help=hp.help or None)
+                            help=flag_help(hp))
 
 
 def get_args_parser(description: str = "") -> argparse.ArgumentParser:
     """The training job's parser: every hyperparameter as a `--name` flag with its default."""
-    parser = _ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _ArgumentParser(prog="imgclf-train", description=description)
     add_arguments(parser)
     return parser
 
@@ -202,10 +228,10 @@ def typed(raw: Mapping[str, object]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# the README's table, generated from this one
+# the table of docs/training.md, generated from this one
 
-README_BEGIN = "<!-- hyperparameters: generated by `python -m imgclf.hyperparameters --readme README.md` -->"
-README_END = "<!-- /hyperparameters -->"
+TABLE_BEGIN = "<!-- hyperparameters: generated by `python -m imgclf.train.hyperparameters --write docs/training.md` -->"
+TABLE_END = "<!-- /hyperparameters -->"
 
 
 def _cell(value) -> str:
@@ -225,24 +251,26 @@ def markdown_table(table=HYPERPARAMETERS) -> str:
 
 
 def with_table(text: str, table: str) -> str:
-    """`text` with `table` between README_BEGIN and README_END (the markers kept)."""
-    begin, end = text.find(README_BEGIN), text.find(README_END)
+    """`text` with `table` between TABLE_BEGIN and TABLE_END (the markers kept)."""
+    begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
     if begin < 0 or end < begin:
-        raise ValueError(f"no {README_BEGIN} ... {README_END} markers")
-    return text[:begin + len(README_BEGIN)] + "\n\n" + table + "\n" + text[end:]
+        raise ValueError(f"no {TABLE_BEGIN} ... {TABLE_END} markers")
+    return text[:begin + len(TABLE_BEGIN)] + "\n\n" + table + "\n" + text[end:]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m imgclf.hyperparameters",
+    parser = argparse.ArgumentParser(prog="python -m imgclf.train.hyperparameters", allow_abbrev=False,
                                      description="the hyperparameter table as Markdown")
-    parser.add_argument("--readme", type=Path, help="write it between the markers of this file instead of printing it")
+    parser.add_argument("--write", type=Path, metavar="PAGE",
+                        help="write it between the markers of this page (docs/training.md) instead of printing it "
+                             "(default: print it)")
     args = parser.parse_args(argv)
-    if args.readme is None:
+    if args.write is None:
         print(markdown_table(), end="")
         return
-    text = args.readme.read_text()
-    args.readme.write_text(with_table(text, markdown_table()))
-    print(f"hyperparameter table written to {args.readme}")
+    text = args.write.read_text()
+    args.write.write_text(with_table(text, markdown_table()))
+    print(f"hyperparameter table written to {args.write}")
 
 
 if __name__ == "__main__":

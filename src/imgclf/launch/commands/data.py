@@ -9,14 +9,18 @@ from .. import options
 
 
 def add_parser(sub, parents: options.Parents) -> None:
-    p = sub.add_parser("data", parents=[parents.where], help="fetch, check, pack or upload a data set")
+    p = sub.add_parser("data", help="fetch, check, pack or upload a data set")  # no job: none of the shared flags
     p.add_argument("action", choices=("fetch", "check", "pack", "upload"))
     p.add_argument("path", help="fetch: destination folder; check, upload: the data root; pack: class folders "
                                 "or a data root")
     p.add_argument("s3_uri", nargs="?", help="upload: destination s3://bucket/prefix; pack: destination folder")
     p.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB,
-                   help="pack: WebDataset tar shards of about this size")
+                   help=f"pack: WebDataset tar shards of about this size (default: {DEFAULT_SHARD_SIZE_MB:g})")
     p.add_argument("--url", default=None, help="fetch: archive URL (default: the dog-breed data set)")
+    p.add_argument("--local", action="store_true",
+                   help="upload: check the folder and print the file:// URI that local mode reads instead "
+                        "(default: upload to S3)")
+    p.add_argument("--region", help="upload: AWS region (default: $AWS_REGION, else the AWS configuration's)")
     p.set_defaults(func=run)
 
 
@@ -41,7 +45,9 @@ def run(args) -> None:
     else:
         if not args.s3_uri:
             raise UserError("data upload needs an S3 URI: imgclf data upload DIR s3://bucket/prefix")
-        print(datasets.upload(Path(args.path), args.s3_uri, options.target(args).session))
+        from ..session import aws_session
+
+        print(datasets.upload(Path(args.path), args.s3_uri, aws_session(args.region)))
 
 
 def _print_layout(splits) -> None:
