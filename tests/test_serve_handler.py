@@ -13,7 +13,7 @@ from test_export import exported  # noqa: F401  (fixture: an artifact with its O
 
 from imgclf.artifact.card import load_card
 from imgclf.serve.environment import ServingEnvironment
-from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute
+from imgclf.serve.handler import ImageClassifierHandler, top_k_attribute, wants_verbose
 from imgclf.train.presets import ClassificationPresetEval
 
 
@@ -132,3 +132,41 @@ def test_an_exported_artifact_is_served_by_its_int8_model(exported, tmp_path):
     assert h.runner.name == "openvino int8"
     answers, context = run(h, [jpeg(), b"garbage"], [{"Content-Type": "image/jpeg"}] * 2)
     assert len(answers[0]["predictions"][0]) == 1 and context.status[1][0] == 400
+
+
+@pytest.mark.parametrize("accept, verbose", [("application/json;verbose", True), ("application/json; verbose", True),
+                                             ("text/csv, application/json;verbose;q=0.9", True),
+                                             ("application/json", False), ("*/*", False), (None, False)])
+def test_wants_verbose(accept, verbose):
+    assert wants_verbose(accept) is verbose
+
+
+def test_verbose_answer_has_every_class_in_jumpstarts_shape_and_the_default_is_unchanged(handler):
+    two = json.dumps({"images": [base64.b64encode(jpeg()).decode()] * 2}).encode()
+    verbose = {"Accept": "application/json;verbose"}
+    answers, context = run(handler, [jpeg(), jpeg(), two], [{"Content-Type": "image/jpeg", **verbose},
+                                                            {"Content-Type": "image/jpeg"},
+                                                            {"Content-Type": "application/json", **verbose}])
+    one, default, several = answers
+    assert set(one) == {"labels", "probabilities", "predicted_label"}
+    assert one["labels"] == list(CLASSES) and len(one["probabilities"]) == len(CLASSES)
+    assert abs(sum(one["probabilities"]) - 1) < 1e-4
+    assert one["predicted_label"] == one["labels"][int(np.argmax(one["probabilities"]))]
+    top = default["predictions"][0]  # the same image, default answer: top-k as before
+    assert len(top) == 2 and top[0]["label"] == one["predicted_label"]
+    assert top[0]["probability"] == pytest.approx(max(one["probabilities"]), abs=1e-6)
+    assert isinstance(several, list) and [a["labels"] for a in several] == [list(CLASSES)] * 2
+    assert set(context.content_types.values()) == {"application/json"}
+
+
+def test_a_500_in_a_batch_answers_a_fixed_message_and_the_id_and_logs_the_cause(handler, monkeypatch, caplog):
+    from imgclf.serve.spool import SPOOL_DIR_ENV, SPOOLED_BODY
+
+    monkeypatch.delenv(SPOOL_DIR_ENV, raising=False)  # a worker without the front's spool folder: our fault
+    spooled = {"Content-Type": "image/jpeg", SPOOLED_BODY: "body-" + "0" * 32, "X-Amzn-RequestId": "c0ffee-7"}
+    with caplog.at_level("ERROR"):
+        (ok, failed), context = run(handler, [jpeg(), b""], [{"Content-Type": "image/jpeg"}, spooled])
+    assert ok["predictions"] and 0 not in context.status  # the rest of the batch is answered
+    assert context.status[1] == (500, "Internal Server Error")
+    assert failed["request_id"] == "c0ffee-7" and "spool" not in json.dumps(failed).lower()
+    assert "c0ffee-7" in caplog.text and "SpoolError" in caplog.text and "no spooled body" in caplog.text and "Traceback" in caplog.text

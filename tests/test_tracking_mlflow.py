@@ -38,8 +38,9 @@ def test_a_job_logs_one_run_with_params_metrics_and_artifacts(mlflow_server, ima
     assert [m.step for m in history] == [1, 2, 3]
     assert all(0 <= m.value <= 1 for m in history)
     assert "test_acc" in run.data.metrics
+    assert run.data.metrics["evaluation_accuracy"] == pytest.approx(run.data.metrics["test_acc"], abs=1e-6)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.json", "metrics.json", "profiler-report.html"} <= names
+    assert {"model.json", "metrics.json", "evaluation.json", "profiler-report.html"} <= names
     html = open(client.download_artifacts(run.info.run_id, "profiler-report.html", str(tmp_path))).read()
     assert "Rules summary" in html
 

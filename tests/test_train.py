@@ -184,3 +184,4 @@ def test_two_processes_train_with_ddp_on_cpu(tmp_path, image_folders):
     assert "epoch=2 train_loss" in outs[0] and "train_loss" not in outs[1]  # rank 0 reports the reduced metrics
     net, card = load_artifact(env.model_dir)
     assert card.classes == ("blue", "green", "red")
+    assert json.loads((env.model_dir / "evaluation.json").read_text())["images"] == 12  # both ranks' test images
