@@ -348,7 +348,7 @@ def test_tuning_on_a_features_channel_sends_no_images(aws, sent, cli_env, capsys
     monkeypatch.setattr(options, "target", lambda args: aws)  # the session whose requests `sent` records
     boto3.client("s3").create_bucket(Bucket="out")
     features = "s3://out/features/imgclf-features-1/output/model.tar.gz"
-    cli.main(["tune", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--features", features,
+    cli.main(["tune", "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1", "--features-data", features,
               "--epochs", "3", "--arch", "efficientnet_lite0", "--max-jobs", "8", "--no-wait",
               "--output-path", "s3://out/jobs"])
     (request,) = sent["CreateHyperParameterTuningJob"]
@@ -562,18 +562,21 @@ def cli_env(monkeypatch):
     monkeypatch.delenv("SAGEMAKER_SUPPRESS_V2_WARNING", raising=False)  # restored after cli.main sets it
 
 
-def test_cli_local_mode_refuses_what_it_cannot_remember(cli_env, tmp_path):
-    with pytest.raises(SystemExit, match="give --model-data"):
+def test_cli_local_mode_refuses_what_it_cannot_remember(cli_env, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
         cli.main(["deploy", "--local", "--image-uri", "imgclf:test", "--training-job", "job",
                   "--local-root", str(tmp_path)])
-    with pytest.raises(SystemExit, match="a local search writes best.json"):
+    assert "give --model-data" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
         cli.main(["tune", "--local", "--best", "tuning-job", "--image-uri", "imgclf:test",
                   "--local-root", str(tmp_path)])
+    assert "a local search writes best.json" in capsys.readouterr().err
 
 
 def test_cli_reports_user_errors_without_traceback(cli_env, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no train/ folder"):
+    with pytest.raises(SystemExit, match="2"):
         cli.main(["data", "check", str(tmp_path)])
+    assert capsys.readouterr().err.startswith("imgclf: error: no train/ folder")
 
 
 def test_cli_data_check_prints_the_splits(cli_env, image_folders, capsys):

@@ -5,6 +5,8 @@ serverless endpoint (memory and concurrency, no instance to manage), an asynchro
 (requests and answers in S3, payloads up to 1 GB), or a multi-model endpoint that loads any
 model.tar.gz under an S3 prefix on first use (`X-Amzn-SageMaker-Target-Model`). Each endpoint tells
 the container its serving profile (serve/profiles.py), which sets its payload limit and timeout.
+The account's settings (account.py) go on every model, endpoint and transform job; an endpoint can
+capture its traffic to S3 and scale with Application Auto Scaling (scaling.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from sagemaker.async_inference import AsyncInferenceConfig
 from sagemaker.deserializers import JSONDeserializer
 from sagemaker.model import Model
+from sagemaker.model_monitor import DataCaptureConfig
 from sagemaker.multidatamodel import MultiDataModel
 from sagemaker.predictor import Predictor
 from sagemaker.serializers import IdentitySerializer
@@ -22,12 +25,17 @@ from sagemaker.utils import name_from_base
 
 from ..names import UserError
 from ..serve.profiles import PROFILE_ENV, PROFILES
+from . import scaling
+from .account import AccountSettings
+from .options import INSTANCE_COUNT, SERVING_INSTANCE_TYPE
 from .session import Target
 
 BASE_NAME = "imgclf"
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 ANY_IMAGE = "application/x-image"  # the server sniffs the format
 MAX_PAYLOAD_MB = 100  # CreateTransformJob's MaxPayloadInMB
+JSON_CONTENT_TYPES = ["application/json"]  # the server's answers: captured as JSON, readable as they are
+NO_SETTINGS = AccountSettings()
 
 
 def content_type(path: Path) -> str:
@@ -35,17 +43,26 @@ def content_type(path: Path) -> str:
 
 
 def model(target: Target, image_uri: str, model_data: str, name: str | None = None,
-          env: dict[str, str] | None = None) -> Model:
+          env: dict[str, str] | None = None, account: AccountSettings = NO_SETTINGS) -> Model:
     return Model(image_uri=image_uri, model_data=model_data, role=target.role, name=name, env=env,
-                 sagemaker_session=target.session)
+                 sagemaker_session=target.session, **account.model_kwargs())
 
 
-def async_config(output_path: str, max_concurrency: int | None = None) -> AsyncInferenceConfig:
+def async_config(output_path: str, max_concurrency: int | None = None,
+                 kms_key: str | None = None) -> AsyncInferenceConfig:
     """Asynchronous inference: requests read from S3, answers written under `output_path`."""
     if not output_path.startswith("s3://"):
         raise UserError(f"asynchronous endpoints write their answers to S3: {output_path!r} is not an s3:// path")
     return AsyncInferenceConfig(output_path=output_path.rstrip("/"), failure_path=output_path.rstrip("/") + "/failures",
-                                max_concurrent_invocations_per_instance=max_concurrency)
+                                max_concurrent_invocations_per_instance=max_concurrency, kms_key_id=kms_key)
+
+
+def data_capture_config(target: Target, destination: str, percent: int,
+                        kms_key: str | None = None) -> DataCaptureConfig:
+    """Requests and answers captured under `destination`; the JSON answers kept as JSON, the images base64."""
+    return DataCaptureConfig(enable_capture=True, sampling_percentage=percent, destination_s3_uri=destination,
+                             kms_key_id=kms_key, json_content_types=JSON_CONTENT_TYPES,
+                             sagemaker_session=target.session)
 
 
 def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferenceConfig:
@@ -55,12 +72,14 @@ def serverless_config(memory_mb: int, max_concurrency: int) -> ServerlessInferen
     return ServerlessInferenceConfig(memory_size_in_mb=memory_mb, max_concurrency=max_concurrency)
 
 
-def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: str = "ml.m5.large",
-           instance_count: int = 1, endpoint_name: str | None = None,
+def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: str = SERVING_INSTANCE_TYPE,
+           instance_count: int = INSTANCE_COUNT, endpoint_name: str | None = None,
            serverless: ServerlessInferenceConfig | None = None, async_inference: AsyncInferenceConfig | None = None,
-           env: dict[str, str] | None = None, wait: bool = True) -> Predictor:
+           env: dict[str, str] | None = None, account: AccountSettings = NO_SETTINGS,
+           data_capture: DataCaptureConfig | None = None, wait: bool = True) -> Predictor:
     """A real-time endpoint (a serverless one with `serverless`, an asynchronous one with
-    `async_inference`) for one model artifact.
+    `async_inference`) for one model artifact, in the account's VPC, keys and tags (`account`),
+    capturing its traffic with `data_capture`.
 
     With `wait`, returns once the endpoint is in service (minutes on SageMaker)."""
     if serverless is not None and async_inference is not None:
@@ -69,26 +88,31 @@ def deploy(target: Target, image_uri: str, model_data: str, *, instance_type: st
         raise UserError("serverless and asynchronous endpoints need SageMaker: leave those options out in local mode")
     endpoint_name = endpoint_name or name_from_base(BASE_NAME)
     profile = "serverless" if serverless is not None else "async" if async_inference is not None else "real-time"
-    m = model(target, image_uri, model_data, name=endpoint_name, env={PROFILE_ENV: profile, **(env or {})})
+    m = model(target, image_uri, model_data, name=endpoint_name, env={PROFILE_ENV: profile, **(env or {})},
+              account=account)
     if serverless is not None:
-        m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless, wait=wait)
+        m.deploy(endpoint_name=endpoint_name, serverless_inference_config=serverless, tags=account.sdk_tags,
+                 wait=wait)
     else:
         m.deploy(initial_instance_count=instance_count, instance_type=target.instance_type(instance_type),
-                 endpoint_name=endpoint_name, async_inference_config=async_inference, wait=wait)
+                 endpoint_name=endpoint_name, async_inference_config=async_inference, tags=account.sdk_tags,
+                 kms_key=account.volume_kms_key, data_capture_config=data_capture, wait=wait)
     return predictor(target, endpoint_name)
 
 
-def deploy_multi_model(target: Target, image_uri: str, model_data_prefix: str, *, instance_type: str = "ml.m5.large",
-                       instance_count: int = 1, endpoint_name: str | None = None,
-                       env: dict[str, str] | None = None, wait: bool = True) -> Predictor:
+def deploy_multi_model(target: Target, image_uri: str, model_data_prefix: str, *,
+                       instance_type: str = SERVING_INSTANCE_TYPE, instance_count: int = INSTANCE_COUNT,
+                       endpoint_name: str | None = None, env: dict[str, str] | None = None,
+                       account: AccountSettings = NO_SETTINGS, data_capture: DataCaptureConfig | None = None,
+                       wait: bool = True) -> Predictor:
     """A multi-model endpoint over every model.tar.gz under `model_data_prefix` (an S3 prefix)."""
     if target.local:
         raise UserError("multi-model endpoints load models from S3: they need SageMaker, not local mode")
     endpoint_name = endpoint_name or name_from_base(BASE_NAME + "-mme")
     mdm = MultiDataModel(name=endpoint_name, model_data_prefix=model_data_prefix, image_uri=image_uri,
-                         role=target.role, env=env, sagemaker_session=target.session)
+                         role=target.role, env=env, sagemaker_session=target.session, **account.model_kwargs())
     mdm.deploy(initial_instance_count=instance_count, instance_type=instance_type, endpoint_name=endpoint_name,
-               wait=wait)
+               tags=account.sdk_tags, kms_key=account.volume_kms_key, data_capture_config=data_capture, wait=wait)
     return predictor(target, endpoint_name)
 
 
@@ -105,31 +129,54 @@ def invoke(pred: Predictor, image: Path, *, top_k: int = 3, target_model: str | 
     return pred.predict(data, custom_attributes=f"top_k={top_k}", target_model=target_model)
 
 
+def autoscale(target: Target, endpoint_name: str, autoscaling: scaling.Autoscaling) -> list[str]:
+    """Scale every variant of an endpoint (once it is in service, as Application Auto Scaling
+    requires); the names of the scaling policies."""
+    target.session.wait_for_endpoint(endpoint_name)
+    variants = _variants(target, endpoint_name)[1]
+    return scaling.enable(_autoscaling_client(target), endpoint_name, [v["VariantName"] for v in variants],
+                          autoscaling)
+
+
 def delete(target: Target, endpoint_name: str) -> dict[str, list[str]]:
-    """Delete the endpoint, its endpoint config and its models; returns what was deleted."""
+    """Delete the endpoint's scaling policies and targets, the endpoint, its endpoint config and its
+    models; returns what was deleted."""
     client = target.session.sagemaker_client
-    config_name = client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
-    variants = client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+    config_name, variants = _variants(target, endpoint_name)
     models = sorted({v["ModelName"] for v in variants})
+    scaled = {} if target.local else scaling.remove(_autoscaling_client(target), endpoint_name,
+                                                    [v["VariantName"] for v in variants])
     client.delete_endpoint(EndpointName=endpoint_name)
     client.delete_endpoint_config(EndpointConfigName=config_name)
     for name in models:
         client.delete_model(ModelName=name)
-    return {"endpoint": [endpoint_name], "endpoint_config": [config_name], "model": models}
+    return {**scaled, "endpoint": [endpoint_name], "endpoint_config": [config_name], "model": models}
+
+
+def _variants(target: Target, endpoint_name: str) -> tuple[str, list[dict]]:
+    """The endpoint's config name and its production variants."""
+    client = target.session.sagemaker_client
+    config_name = client.describe_endpoint(EndpointName=endpoint_name)["EndpointConfigName"]
+    return config_name, client.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
+
+
+def _autoscaling_client(target: Target):
+    return target.session.boto_session.client("application-autoscaling")
 
 
 def transform(target: Target, image_uri: str, model_data: str, data: str, output_path: str, *,
-              instance_type: str = "ml.m5.large", instance_count: int = 1, max_payload_mb: int | None = None,
-              wait: bool = True) -> str:
+              instance_type: str = SERVING_INSTANCE_TYPE, instance_count: int = INSTANCE_COUNT,
+              max_payload_mb: int | None = None, account: AccountSettings = NO_SETTINGS, wait: bool = True) -> str:
     """Batch transform: one request per image under the `data` prefix, one `<image>.out` per answer.
     `max_payload_mb` (SageMaker's MaxPayloadInMB, up to 100; default 6) is the largest record;
     SageMaker passes it to the container, which takes records up to that size."""
     if max_payload_mb is not None and not 0 <= max_payload_mb <= MAX_PAYLOAD_MB:
         raise UserError(f"max payload {max_payload_mb} MB: SageMaker takes 0 (no limit) to {MAX_PAYLOAD_MB} MB")
-    m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"))
+    m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"), account=account)
     transformer = m.transformer(instance_count=instance_count, instance_type=target.instance_type(instance_type),
                                 output_path=output_path, accept="application/json", strategy="SingleRecord",
-                                max_payload=max_payload_mb)
+                                max_payload=max_payload_mb, volume_kms_key=account.volume_kms_key,
+                                output_kms_key=account.output_kms_key, tags=account.sdk_tags)
     # the container's own timeout for a record (the batch profile's), not SageMaker's default 600 s
     client_config = {"InvocationsTimeoutInSeconds": PROFILES["batch"].response_timeout_s}
     # Local mode streams the container's output itself; logs=True would ask CloudWatch for it.

@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from sagemaker.estimator import Estimator
 from sagemaker.utils import name_from_base
 
-from ..names import UserError
+from ..names import SAGEMAKER_BASE_DIR, UserError
 from ..train.hyperparameters import parse as parse_hyperparameters
 from ..train.metrics import metric_definitions
 from ..train.toolkit import TORCH_DISTRIBUTED_ENABLED
+from .options import INSTANCE_COUNT, MAX_RUN_S, TRAINING_INSTANCE_TYPE, VOLUME_SIZE_GB
+from .account import AccountSettings
 from .session import Target
 
 BASE_JOB_NAME = "imgclf"
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+CHECKPOINT_LOCAL_PATH = f"{SAGEMAKER_BASE_DIR}/checkpoints"
 
 
 def check_hyperparameters(hyperparameters: dict) -> dict[str, str]:
@@ -48,16 +50,17 @@ class JobSpec:
 
     image_uri: str
     hyperparameters: dict
-    instance_type: str = "ml.g4dn.xlarge"
-    instance_count: int = 1
+    instance_type: str = TRAINING_INSTANCE_TYPE
+    instance_count: int = INSTANCE_COUNT
     output_path: str | None = None  # default: the session's bucket on AWS
     checkpoint_s3_uri: str | None = None
     spot: bool = False
-    max_run: int = 24 * 60 * 60
+    max_run: int = MAX_RUN_S
     max_wait: int | None = None  # spot only: how long to wait for capacity, run time included
-    volume_size: int = 30
+    volume_size: int = VOLUME_SIZE_GB
     base_job_name: str = BASE_JOB_NAME
     distribution: dict | None = None  # as the SDK's estimators take it: {"torch_distributed": {"enabled": True}}
+    account: AccountSettings = AccountSettings()  # VPC, network isolation, KMS keys, tags, warm pool
 
 
 def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
@@ -66,6 +69,8 @@ def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
         raise UserError("spot training and checkpoint_s3_uri need SageMaker: leave them out in local mode")
     if spec.spot and spec.max_wait is not None and spec.max_wait < spec.max_run:
         raise UserError(f"max_wait ({spec.max_wait} s) must be at least max_run ({spec.max_run} s)")
+    if spec.spot and spec.account.keep_alive_seconds:
+        raise UserError("SageMaker keeps no warm pool for spot jobs: leave out --keep-alive-seconds or --spot")
     kwargs = dict(
         image_uri=spec.image_uri,
         role=target.role,
@@ -86,6 +91,7 @@ def estimator_kwargs(spec: JobSpec, target: Target) -> dict:
         kwargs.update(checkpoint_s3_uri=spec.checkpoint_s3_uri, checkpoint_local_path=CHECKPOINT_LOCAL_PATH)
     if spec.spot:
         kwargs.update(use_spot_instances=True, max_wait=spec.max_wait or spec.max_run)
+    kwargs.update(spec.account.estimator_kwargs())
     return kwargs
 
 

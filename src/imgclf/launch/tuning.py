@@ -35,9 +35,9 @@ from ..hpo import (
     best_hyperparameters,
     search_space,
 )
-from ..names import DEFAULT_PRUNER, UserError
+from ..names import DEFAULT_PRUNER, SAGEMAKER_BASE_DIR, UserError
 from ..train.contract import RESERVED_PREFIXES
-from ..train.hyperparameters import BY_NAME, typed
+from ..train.hyperparameters import BY_NAME, EPOCHS, typed
 from ..train.metrics import metric_definitions
 from .session import Target
 from .training import JobSpec, estimator
@@ -80,7 +80,7 @@ def tuner(spec: JobSpec, target: Target, *, max_jobs: int, max_parallel_jobs: in
         if early_stopping not in (None, "Off"):
             raise UserError("Hyperband stops trials itself: leave early stopping Off with it")
         early_stopping = "Off"
-        epochs = int(spec.hyperparameters.get("epochs", BY_NAME["epochs"].default))
+        epochs = int(spec.hyperparameters.get(EPOCHS, BY_NAME[EPOCHS].default))
         strategy_config = StrategyConfig(HyperbandStrategyConfig(max_resource=epochs, min_resource=1))
     warm_start_config = None
     if warm_start:
@@ -174,8 +174,8 @@ def read_best(path: Path) -> dict:
 # local mode: the Optuna tuner in one container
 
 
-CONTAINER_DATA = "/opt/ml/input/data"
-CONTAINER_OUTPUT = "/opt/ml/output/tuning"
+CONTAINER_DATA = f"{SAGEMAKER_BASE_DIR}/input/data"
+CONTAINER_OUTPUT = f"{SAGEMAKER_BASE_DIR}/output/tuning"
 
 
 def local_search_command(image_uri: str, data: Path, output: Path, *, trials: int, pruner: str = DEFAULT_PRUNER,

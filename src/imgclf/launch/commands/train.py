@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ...hpo import FINAL_EPOCHS
 from ...tracking import launch as tracking
-from .. import options
+from ...train.hyperparameters import EXTRACT_FEATURES
+from .. import account, options
 
 
 def add_parser(sub, parents: options.Parents) -> None:
@@ -11,17 +12,20 @@ def add_parser(sub, parents: options.Parents) -> None:
     t = sub.add_parser("train", parents=job, help="run a training job")
     t.add_argument("--best", dest="best_trial", metavar="BEST_JSON",
                    help="train the final model with a tuner's best trial (best.json): its hyperparameters, "
-                        f"{FINAL_EPOCHS} epochs unless --epochs; flags given override")
+                        f"{FINAL_EPOCHS} epochs unless --epochs; flags given override (default: none)")
     t.add_argument("--sagemaker-debugger", action="store_true",
                    help="also run SageMaker Debugger's rule containers and ProfilerReport on AWS (the image evaluates "
-                        "the same rules and writes its own report in every job)")
-    t.add_argument("--input-mode", choices=("File", "FastFile"), help="FastFile: stream files from S3 as read")
+                        "the same rules and writes its own report in every job) (default: off)")
+    t.add_argument("--input-mode", choices=("File", "FastFile"), help="FastFile: stream files from S3 as read (default: File)")
     t.add_argument("--distribution", choices=("FullyReplicated", "ShardedByS3Key"),
-                   help="ShardedByS3Key: each instance gets its own share of the training shards")
+                   help="ShardedByS3Key: each instance gets its own share of the training shards "
+                        "(default: FullyReplicated)")
+    account.add_flags(t, warm_pool=True)
     t.set_defaults(func=run_train)
 
     f = sub.add_parser("features", parents=job,
                        help="compute a frozen backbone's features once, for the features channel of later jobs")
+    account.add_flags(f, warm_pool=True)
     f.set_defaults(func=run_features)
 
 
@@ -50,11 +54,11 @@ def run_features(args) -> None:
 
     target = options.target(args)
     spec = options.job_spec(args, target)
-    spec.hyperparameters["extract-features"] = True
+    spec.hyperparameters[EXTRACT_FEATURES] = True
     spec.base_job_name = "imgclf-features"
     result = train(estimator(spec, target), options.inputs(args, target), wait=not args.no_wait)
     if args.no_wait:
         print(f"training job: {result}")
     else:
         print(f"features: {result}\n(give it to the jobs of this data, arch, weights and image size: "
-              f"imgclf tune --features {result} ...)")
+              f"imgclf tune --features-data {result} ...)")

@@ -5,28 +5,31 @@ from pathlib import Path
 
 from ...names import DEFAULT_PRUNER, PRUNERS, UserError
 from ...tracking import launch as tracking
-from .. import options
+from .. import account, options
 
 
 def add_parser(sub, parents: options.Parents) -> None:
     p = sub.add_parser("tune", parents=[parents.where, parents.image, parents.job],
                        help="tune over the search space: a SageMaker tuning job, or with --local the Optuna tuner")
-    p.add_argument("--max-jobs", type=int, default=20, help="trials (with --local: finished trials)")
-    p.add_argument("--max-parallel-jobs", type=int, default=2)
-    p.add_argument("--strategy", default="Bayesian", help="Bayesian, Random, Hyperband (resources: epochs) or Grid")
+    p.add_argument("--max-jobs", type=int, default=20, help="trials (with --local: finished trials) (default: 20)")
+    p.add_argument("--max-parallel-jobs", type=int, default=2, help="trials at a time (default: 2)")
+    p.add_argument("--strategy", default="Bayesian", help="Bayesian, Random, Hyperband (resources: epochs) or Grid (default: Bayesian)")
     p.add_argument("--early-stopping", choices=("Auto", "Off"), help="default: Auto, Off with Hyperband")
     p.add_argument("--warm-start", action="append", metavar="TUNING_JOB",
-                   help="start from the trials of an earlier tuning job (repeat for up to 5)")
+                   help="start from the trials of an earlier tuning job (repeat for up to 5; default: none)")
     p.add_argument("--warm-start-type", default="IdenticalDataAndAlgorithm",
-                   choices=("IdenticalDataAndAlgorithm", "TransferLearning"))
+                   choices=("IdenticalDataAndAlgorithm", "TransferLearning"),
+                   help="how the earlier trials relate (default: IdenticalDataAndAlgorithm)")
     p.add_argument("--tuner-seed", type=int, help="the tuner's random seed (with --local: the TPE sampler's, "
                                                   "default 0)")
     p.add_argument("--pruner", default=DEFAULT_PRUNER, choices=PRUNERS,
-                   help="--local: stop trials whose per-epoch objective lags")
+                   help=f"--local: stop trials whose per-epoch objective lags (default: {DEFAULT_PRUNER})")
     p.add_argument("--no-features", action="store_true",
-                   help="--local: push every image through the backbone in every trial")
-    p.add_argument("--best", metavar="TUNING_JOB", help="only show the best trial of this tuning job")
+                   help="--local: push every image through the backbone in every trial (default: a frozen "
+                        "backbone's features computed once)")
+    p.add_argument("--best", metavar="TUNING_JOB", help="only show the best trial of this tuning job (default: run a search)")
     p.add_argument("--best-json", metavar="FILE", help="where the best trial goes (default: <tuning job>.best.json)")
+    account.add_flags(p)  # no warm pool: a tuning job's request has no KeepAlivePeriodInSeconds
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,7 @@ def _show_best(best, path) -> None:
 
 def _local_tune(args, tuning) -> None:
     """The Optuna tuner in one container: trials in turn, heads on cached features, resumable."""
-    if not args.data or args.training or args.validation or args.test or args.features:
+    if not args.data or args.training or args.validation or args.test or args.features_data:
         raise UserError("a local search takes its images from --data (a folder with train/ [valid/ test/]); "
                         "it computes the features itself")
     if args.strategy not in ("Bayesian", None) or args.warm_start:
