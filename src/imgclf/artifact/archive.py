@@ -58,3 +58,17 @@ def safe_extract(archive: Path, dest: Path) -> Path:
     except tarfile.TarError as e:
         raise UnsafeArchive(f"{archive}: not a readable tar archive: {e}") from None
     return dest
+
+
+def read_members(fileobj, names: tuple[str, ...] | frozenset[str]) -> dict[str, bytes]:
+    """The named top-level files of a model.tar.gz stream (a file or an S3 body), read as it streams
+    in and no further than the last of them; nothing is written."""
+    found = {}
+    with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            if member.isfile() and name in names:
+                found[name] = tar.extractfile(member).read()
+                if len(found) == len(names):
+                    break
+    return found

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import tarfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
+from ..artifact.archive import read_members
 from ..artifact.baseline import EVALUATION_FILE
 from ..names import CARD_FILE, UserError
 from ..serve.profiles import PROFILE_ENV
@@ -60,15 +60,7 @@ def read_archive_members(s3, model_data: str, names: tuple[str, ...]) -> dict[st
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     except ClientError as e:
         raise UserError(f"cannot read {model_data}: {e}") from e
-    found = {}
-    with tarfile.open(fileobj=body, mode="r|gz") as tar:
-        for member in tar:
-            name = member.name.removeprefix("./")
-            if member.isfile() and name in names:
-                found[name] = tar.extractfile(member).read()
-                if len(found) == len(names):
-                    break
-    return found
+    return read_members(body, names)
 
 
 def ensure_group(client, group: str, tags: list[dict] | None) -> None:

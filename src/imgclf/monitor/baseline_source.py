@@ -3,11 +3,11 @@ archive in S3. Only baseline.json and evaluation.json are read (never the weight
 from __future__ import annotations
 
 import json
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifact.archive import read_members
 from ..artifact.baseline import BASELINE_FILE, EVALUATION_FILE, Baseline
 
 WANTED = (BASELINE_FILE, EVALUATION_FILE)
@@ -19,18 +19,6 @@ class ModelBaseline:
     evaluation: dict | None  # None for a model evaluated on nothing
 
 
-def _from_archive(fileobj, name: str) -> dict[str, bytes]:
-    found = {}
-    with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
-        for member in tar:
-            short = member.name.removeprefix("./")
-            if member.isfile() and short in WANTED:
-                found[short] = tar.extractfile(member).read()
-                if len(found) == len(WANTED):
-                    break
-    return found
-
-
 def _files(source: str) -> dict[str, bytes]:
     if source.startswith("s3://"):
         import boto3
@@ -39,13 +27,13 @@ def _files(source: str) -> dict[str, bytes]:
         with tempfile.TemporaryFile() as f:
             boto3.client("s3").download_fileobj(bucket, key, f)
             f.seek(0)
-            return _from_archive(f, source)
+            return read_members(f, WANTED)
     path = Path(source)
     if path.is_dir():
         return {name: (path / name).read_bytes() for name in WANTED if (path / name).is_file()}
     if path.is_file():
         with open(path, "rb") as f:
-            return _from_archive(f, source)
+            return read_members(f, WANTED)
     raise FileNotFoundError(f"no model at {source}: give the model folder, its model.tar.gz, or an s3:// URI of it")
 
 
