@@ -26,7 +26,7 @@ from ..artifact.card import load_card
 from ..artifact.images import PROBE_IMAGES, EvalTransform, probe_batch
 from .decoder import decode
 from .environment import ServingEnvironment
-from .errors import BadRequest, ServeError
+from .errors import BadRequest, ServeError, internal_error_json, request_id_of
 from .runtime import RunnerFactory, choose_runner, resident_mb, worker_device
 from .spool import SPOOLED_BODY, read_body
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 JSON_TYPE = "application/json"
+VERBOSE = "verbose"  # Accept: application/json;verbose asks for every class's probability (JumpStart's answer)
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Batch:
     pixels: np.ndarray | None = None
     counts: list[int] = field(default_factory=list)  # images per request; 0 for a refused one
     top_k: list[int] = field(default_factory=list)
+    verbose: list[bool] = field(default_factory=list)  # per request: answer in JumpStart's verbose shape
     errors: dict[int, ServeError] = field(default_factory=dict)
 
 
@@ -78,7 +80,7 @@ class ImageClassifierHandler:
         headers = [{k.lower(): v for k, v in (context.get_all_request_header(i) or {}).items()} for i in range(len(data))]
         jobs = list(zip([request_body(r) for r in data], headers))
         results = list(self.pool.map(self.preprocess_one, jobs)) if len(jobs) > 1 else [self.preprocess_one(jobs[0])]
-        batch, tensors = Batch(), []
+        batch, tensors = Batch(verbose=[wants_verbose(h.get("accept")) for h in headers]), []
         for i, result in enumerate(results):
             if isinstance(result, ServeError):
                 batch.errors[i] = result
@@ -115,6 +117,9 @@ class ImageClassifierHandler:
                 continue
             probs = probabilities[start:start + count]
             start += count
+            if batch.verbose[i]:
+                answers.append(json.dumps(verbose_answer(probs, self.classes)))
+                continue
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower class index first
             answers.append(json.dumps({"predictions": [
                 [{"label": self.classes[c], "probability": round(float(p[c]), 6)} for c in cs]
@@ -134,8 +139,13 @@ class ImageClassifierHandler:
             context.set_response_content_type(i, JSON_TYPE)
             if i in batch.errors:
                 error = batch.errors[i]
-                log.info("request %d refused (%d): %s", i, error.status_code, error.message)
                 context.set_response_status(error.status_code, error.phrase, i)
+                if error.status_code == 500:  # ours, not the request's: the cause goes to the log only
+                    rid = request_id_of(context.get_all_request_header(i) or {}, context.get_request_id(i))
+                    log.error("request %s failed (%d)", rid, error.status_code, exc_info=error)
+                    answers[i] = internal_error_json(rid)
+                else:
+                    log.info("request %d refused (%d): %s", i, error.status_code, error.message)
         return answers
 
 
@@ -144,6 +154,23 @@ def request_body(request: dict) -> bytes:
     if request.get("body") is not None:
         return request["body"]
     return next((v for v in request.values() if isinstance(v, (bytes, bytearray))), b"")
+
+
+def wants_verbose(accept: str | None) -> bool:
+    """Whether an Accept header asks for `application/json;verbose`."""
+    for item in (accept or "").split(","):
+        media, *params = [p.strip().lower() for p in item.split(";")]
+        if media == JSON_TYPE and VERBOSE in params:
+            return True
+    return False
+
+
+def verbose_answer(probabilities: np.ndarray, classes) -> dict | list[dict]:
+    """JumpStart's verbose answer per image, every class in the model's order: {"labels",
+    "probabilities", "predicted_label"}; the object itself for one image, a list for several."""
+    answers = [{"labels": list(classes), "probabilities": [round(float(p), 6) for p in row],
+                "predicted_label": classes[int(np.argmax(row))]} for row in probabilities]
+    return answers[0] if len(answers) == 1 else answers
 
 
 def top_k_attribute(attributes: str | None) -> int | None:
