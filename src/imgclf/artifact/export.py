@@ -13,7 +13,7 @@ At the end of training (`export_serving_formats`):
 
 Each is checked against the float32 torch network on the validation set (top-1 agreement and
 accuracy; the int8 copy with each kind of int8 arithmetic this machine can run, int8_kernels.py)
-and recorded in `model.json` (`ModelCard.formats`); serving picks from them (serve/runtime.py).
+and recorded in `model.json` (`ModelCard.formats`); serving picks from them (serve/precision.py).
 IR files are an XML graph and raw weights: loading them runs no pickle.
 
 OpenVINO and NNCF are optional (the `openvino` extra): without them the artifact keeps only the

@@ -10,7 +10,7 @@ So one int8 IR can keep different shares of float32's answers on the two: a ResN
 of 300 with "vnni" kernels and 98.67 % with "avx2" ones. Training measures the int8 copy with its
 own kernels and, on a "vnni" CPU, with "avx2" ones in a child process capped by oneDNN's
 ONEDNN_MAX_CPU_ISA=AVX2 (`AVX2Runner`, export.py); model.json records each, and serving reads the
-one for its CPU (serve/runtime.py). On such a CPU accuracy control runs with "avx2" kernels too
+one for its CPU (serve/precision.py). On such a CPU accuracy control runs with "avx2" kernels too
 (quantize.py). Other machines (arm64) are their own kind, named by `platform`.
 Torch-free: the CPU image serves with this.
 """

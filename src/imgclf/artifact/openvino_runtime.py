@@ -56,11 +56,19 @@ def save_model(ov_model, path: Path) -> None:
     ov.save_model(ov_model, str(path), compress_to_fp16=False)  # the default would halve weights to fp16
 
 
-def bf16_supported() -> bool:
-    """Whether OpenVINO's CPU plugin has bfloat16 kernels on this processor."""
+def capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin has kernels for on this processor: "BF16", "FP16", "INT8", ..."""
     import openvino as ov
 
     try:
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     finally:
         keep_signal_stack()
+
+
+def bf16_supported() -> bool:
+    return "BF16" in capabilities()
+
+
+def f16_supported() -> bool:
+    return "FP16" in capabilities()

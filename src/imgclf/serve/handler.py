@@ -5,7 +5,7 @@ A batch holds several requests (server-side batching) and each request one or mo
 images go through the network as one tensor. A request the decoder refuses gets its own 4xx with a
 JSON reason while the rest of the batch is answered.
 
-The network runs through the `Runner` that `IMGCLF_PRECISION` picks (runtime.py): OpenVINO's int8
+The network runs through the `Runner` that `IMGCLF_PRECISION` picks (precision.py): OpenVINO's int8
 or float32 copy stored in the artifact on CPUs, torch (channels-last, bfloat16 where it agrees)
 otherwise. Images become pixels with Pillow and numpy (images.EvalTransform, the same pixels as
 torchvision's evaluation transform), so a worker serving the OpenVINO copies never imports torch.
@@ -27,7 +27,8 @@ from ..artifact.images import PROBE_IMAGES, EvalTransform, probe_batch
 from .decoder import decode
 from .environment import ServingEnvironment
 from .errors import BadRequest, ServeError, internal_error_json, request_id_of
-from .runtime import RunnerFactory, choose_runner, resident_mb, worker_device
+from .precision import choose_runner
+from .runtime import RunnerFactory, resident_mb, worker_device
 from .spool import SPOOLED_BODY, read_body
 
 log = logging.getLogger(__name__)

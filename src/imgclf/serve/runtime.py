@@ -11,22 +11,14 @@ class probabilities (numpy). Two kinds:
   without IR files or without OpenVINO installed. An image without torch refuses such an
   artifact at start (`unservable_reason`), naming the command that adds the IR files.
 
-`IMGCLF_PRECISION` chooses (`choose_runner`):
-
-- `auto`: int8 when its recorded agreement with float32 on the validation set meets the threshold
-  (IMGCLF_INT8_MIN_AGREEMENT, IMGCLF_INT8_MAX_ACCURACY_DROP): the agreement measured with this
-  CPU's kind of int8 arithmetic (int8_kernels.py), or the lowest recorded where it was not; else
-  bfloat16 where the processor has it and a probe batch gives the same answers as float32, else
-  float32. It logs its choice with the numbers it used.
-- `fp32`, `bf16`: as named. `int8`: the stored int8 IR; an artifact without one is quantized at
-  start-up on the training images stored in it (calibration/; slower start, agreement unchecked),
-  and one without those either is refused.
+`IMGCLF_PRECISION` chooses among them: precision.py.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
 import os
+import platform
 from pathlib import Path
 from typing import Protocol
 
@@ -34,20 +26,15 @@ import numpy as np
 from PIL import Image
 
 from ..artifact import openvino_runtime as openvino
-from ..artifact.card import ModelCard, ModelError, ServingFormat, load_card
+from ..artifact.card import ModelCard, ModelError, load_card
 from ..artifact.images import EvalTransform, load_rgb
-from ..artifact.int8_kernels import int8_kernels
-from ..names import CALIBRATION_DIR
+from ..names import CALIBRATION_DIR, SAGEMAKER_BASE_DIR
 
 log = logging.getLogger(__name__)
 
 FP32, INT8 = openvino.FP32_FORMAT, openvino.INT8_FORMAT
 EXPORT_COMMAND = "imgclf-export"  # the console script that adds the IR files to an artifact (export_cli.py)
-# bfloat16 keeps 8 bits of mantissa: on 20 real photos (bench/serve_precision_agreement.py) an
-# ImageNet efficientnet_lite0 kept every top-1, its probabilities moved by up to 0.04 under torch
-# autocast and 0.08 in OpenVINO's bf16 mode. On the smooth probe images they move less: refuse
-# bf16 when they move more than this, or when a top-1 that float32 is sure of changes.
-MAX_PROBABILITY_GAP = 0.05
+ARM_MACHINES = ("aarch64", "arm64")  # platform.machine() on Graviton (Linux) and Apple silicon
 
 
 class Runner(Protocol):
@@ -96,7 +83,8 @@ def unservable_reason(model_dir: Path, card: ModelCard | None = None) -> str | N
         return None
     return (f"{model_dir} has no OpenVINO copy of its network (model.xml), and this image serves without "
             f"torch: add the copies with the full image, `{EXPORT_COMMAND} MODEL_DIR` (e.g. `docker run --rm -v "
-            f"$PWD/model:/opt/ml/model IMAGE {EXPORT_COMMAND} /opt/ml/model`), or serve it with the full image")
+            f"$PWD/model:{SAGEMAKER_BASE_DIR}/model IMAGE {EXPORT_COMMAND} {SAGEMAKER_BASE_DIR}/model`), or serve it "
+            "with the full image")
 
 
 def resident_mb() -> float:
@@ -122,14 +110,8 @@ def calibration_photos(model_dir: Path, transform: EvalTransform) -> np.ndarray:
     return np.stack(pixels)
 
 
-def same_answers(fp32: np.ndarray, other: np.ndarray) -> tuple[bool, float]:
-    """(agrees, largest probability gap): every top-1 that float32 is sure of is kept and no
-    probability moves by more than MAX_PROBABILITY_GAP."""
-    gap = float(np.abs(fp32 - other).max())
-    top2 = -np.sort(-fp32, axis=1)[:, :2]
-    sure = (top2[:, 0] - top2[:, -1]) > 2 * MAX_PROBABILITY_GAP
-    same_top1 = bool((fp32.argmax(1) == other.argmax(1))[sure].all())
-    return gap <= MAX_PROBABILITY_GAP and same_top1, gap
+def on_arm() -> bool:
+    return platform.machine().lower() in ARM_MACHINES
 
 
 class RunnerFactory:
@@ -168,6 +150,17 @@ class RunnerFactory:
             return self._openvino(FP32, "bf16", "openvino bf16")
         return self.torch(autocast=True)
 
+    def reduced_precisions(self) -> list[str]:
+        """The float precisions below float32 this processor has kernels for: "bf16"; on ARM also
+        "f16" (OpenVINO's default there; x86 CPUs that list it run it no faster than bf16)."""
+        found = ["bf16"] if self.bf16_supported() else []
+        if self.use_openvino and on_arm() and openvino.f16_supported():
+            found.append("f16")
+        return found
+
+    def reduced(self, precision: str) -> Runner:
+        return self.bf16() if precision == "bf16" else self._openvino(FP32, "f16", "openvino f16")
+
     def int8(self) -> Runner:
         if INT8 in self.card.formats and openvino.openvino_available():
             return self._openvino(INT8, "f32", "openvino int8")
@@ -188,48 +181,3 @@ class RunnerFactory:
     def _openvino(self, name: str, hint: str, label: str) -> OpenVinoRunner:
         ov_model = openvino.read_model(self.model_dir / self.card.formats[name].file)
         return OpenVinoRunner(openvino.compile_model(ov_model, threads=self.threads, precision_hint=hint), label)
-
-
-def measured_with(int8: ServingFormat, kernels: str) -> str:
-    """Which int8 kernels the agreement in use was measured with, for the log."""
-    if not int8.by_kernels:
-        return ""  # an artifact from before they were recorded
-    if kernels in int8.by_kernels:
-        return f" with {kernels} kernels, as this CPU's"
-    return f" (the lowest of {', '.join(int8.by_kernels)} kernels; this CPU's {kernels} were not measured)"
-
-
-def choose_runner(precision: str, factory: RunnerFactory, probe: np.ndarray,
-                  min_agreement: float, max_accuracy_drop: float) -> Runner:
-    """The runner for IMGCLF_PRECISION=`precision` (see the module's docstring); logs why."""
-    if precision in ("fp32", "bf16", "int8"):
-        runner = getattr(factory, precision)()
-        log.info("precision %s: %s", precision, runner.name)
-        return runner
-    int8 = factory.card.formats.get(INT8) if factory.device == "cpu" else None
-    if int8 is None:
-        reason = "the artifact has no int8 model" if factory.device == "cpu" else "int8 runs on CPUs only"
-    elif not openvino.openvino_available():
-        reason = "OpenVINO is not installed"
-    elif (checked := int8.agreement_on(kernels := int8_kernels())) is None:
-        reason = "int8 was never checked on labelled images"
-    elif not checked.meets(min_agreement, max_accuracy_drop):
-        reason = f"int8 {checked}{measured_with(int8, kernels)} misses the threshold"
-    else:
-        log.info("precision auto: int8, %s%s (threshold: agreement >= %.1f%%, accuracy drop <= %.1f points)",
-                 checked, measured_with(int8, kernels), 100 * min_agreement, 100 * max_accuracy_drop)
-        return factory.int8()
-    fp32 = factory.fp32()
-    if not factory.bf16_supported():
-        log.info("precision auto: %s (%s; no bfloat16 on this processor)", fp32.name, reason)
-        return fp32
-    try:
-        bf16 = factory.bf16()
-        agrees, gap = same_answers(fp32(probe), bf16(probe))
-    except RuntimeError as e:  # OpenVINO can lack bf16 kernels (seen with ONEDNN_MAX_CPU_ISA=AVX2: none for max-pool)
-        log.info("precision auto: %s (%s; bfloat16 failed to run: %s)", fp32.name, reason, str(e).strip()[:300])
-        return fp32
-    chosen = bf16 if agrees else fp32
-    log.info("precision auto: %s (%s; bfloat16 vs float32 on %d probe images: largest probability gap %.4f, %s)",
-             chosen.name, reason, len(probe), gap, "agrees" if agrees else "differs")
-    return chosen
