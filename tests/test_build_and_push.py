@@ -90,7 +90,8 @@ def script_env(tmp_path) -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata credentials lookup
         "DOCKER_CONFIG": str(tmp_path / "docker-config"),  # a login never lands in the user's config
     }
-    env.update({k: os.environ[k] for k in ("BASE_IMAGE", "DOCKER_BUILD_ARGS", "DOCKER_HOST") if k in os.environ})
+    env.update({k: os.environ[k] for k in ("BASE_IMAGE", "BASE_IMAGE_ARM64", "DOCKER_BUILD_ARGS", "DOCKER_HOST")
+                if k in os.environ})
     return env
 
 
@@ -189,6 +190,65 @@ def test_cpu_image_builds_and_pushes(registry, script_env, docker_image_cpu):
         assert pushed[:-3] == session[:-3] and len(pushed) == len(session)  # all but the package's own layers
     finally:
         subprocess.run(["docker", "rmi", "imgclf-cpu-push:v1", f"{registry}/imgclf-cpu-push:v1"], capture_output=True)
+
+
+@pytest.fixture
+def small_images_per_arch(tmp_path):
+    """One-file images built for linux/amd64 and linux/arm64 (scratch: no emulation needed), tagged
+    as a multi-platform build tags them."""
+    require(docker_available(), "no Docker engine")
+    tags = []
+    for arch in ("amd64", "arm64"):
+        ctx = tmp_path / arch
+        ctx.mkdir()
+        (ctx / "arch.txt").write_text(f"{arch}\n")  # distinct content: no build cache shared between the two
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY arch.txt /\n")
+        subprocess.run(["docker", "build", "-q", "--platform", f"linux/{arch}", "-t", f"imgclf-multi:v1-{arch}",
+                        str(ctx)], check=True, capture_output=True)
+        tags.append(f"imgclf-multi:v1-{arch}")
+    yield "imgclf-multi", "v1"
+    subprocess.run(["docker", "rmi", *tags], capture_output=True)
+
+
+def test_several_platforms_push_one_manifest_list(registry, script_env, small_images_per_arch):
+    """--platform linux/amd64,linux/arm64: each image pushed as TAG-ARCH, and TAG a manifest list
+    from which each architecture pulls its own."""
+    name, tag = small_images_per_arch
+    dry = run_script(script_env, "--dry-run", "--cpu", "--platform", "linux/amd64,linux/arm64", "--registry", registry)
+    assert dry.returncode == 0, dry.stderr
+    assert "-t imgclf-cpu:latest-arm64" in dry.stdout and "--platform linux/arm64" in dry.stdout
+    if script_env.get("BASE_IMAGE_ARM64"):  # the arm64 build gets the arm64 base
+        assert f"BASE_IMAGE={script_env['BASE_IMAGE_ARM64']}" in dry.stdout
+    assert f"docker manifest create --insecure {registry}/imgclf-cpu:latest {registry}/imgclf-cpu:latest-amd64 " \
+           f"{registry}/imgclf-cpu:latest-arm64" in dry.stdout
+    refused = run_script(script_env, "--dry-run", "--platform", "linux/arm64", "--registry", registry)
+    assert refused.returncode == 2 and "builds the CPU serving image only: add --cpu" in refused.stderr
+
+    proc = run_script(script_env, "--no-build", "--cpu", "--platform", "linux/amd64,linux/arm64", "--registry",
+                      registry, name, tag)
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert f"pushed {registry}/{name}:{tag}: a manifest list of linux/amd64 linux/arm64" in proc.stdout
+        listed = requests.get(f"http://{registry}/v2/{name}/manifests/{tag}", timeout=10, headers={
+            "Accept": "application/vnd.docker.distribution.manifest.list.v2+json"}).json()
+        assert listed["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+        by_arch = {m["platform"]["architecture"]: m["digest"] for m in listed["manifests"]}
+        for arch in ("amd64", "arm64"):
+            own = requests.head(f"http://{registry}/v2/{name}/manifests/{tag}-{arch}", timeout=10, headers={
+                "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+            assert by_arch[arch] == own.headers["Docker-Content-Digest"]
+    finally:
+        subprocess.run(["docker", "rmi", *(f"{registry}/{name}:{tag}-{arch}" for arch in ("amd64", "arm64"))],
+                       capture_output=True)
+    # an image whose architecture is not the one its tag claims is refused before anything is pushed
+    subprocess.run(["docker", "tag", f"{name}:{tag}-arm64", f"{name}:mixed-amd64"], check=True)
+    subprocess.run(["docker", "tag", f"{name}:{tag}-arm64", f"{name}:mixed-arm64"], check=True)
+    try:
+        mixed = run_script(script_env, "--no-build", "--cpu", "--platform", "linux/amd64,linux/arm64", "--registry",
+                           registry, name, "mixed")
+        assert mixed.returncode == 1 and f"{name}:mixed-amd64 is a linux/arm64 image, not linux/amd64" in mixed.stderr
+    finally:
+        subprocess.run(["docker", "rmi", f"{name}:mixed-amd64", f"{name}:mixed-arm64"], capture_output=True)
 
 
 def test_dry_run_prints_and_changes_nothing(registry, script_env):
