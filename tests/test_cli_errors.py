@@ -77,6 +77,14 @@ def test_the_launcher_answers_a_mistake_in_one_line(capsys, command, answer):
     assert answer in line and line.startswith("imgclf")
 
 
+def test_local_mode_without_docker_says_so_before_the_sdk_runs(capsys, monkeypatch, tmp_path):
+    model = tmp_path / "model.tar.gz"
+    model.write_bytes(b"")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker, no docker-compose
+    line = one_line_error(capsys, cli.main, ["deploy", "--local", "--image-uri", "img", "--model-data", str(model)])
+    assert line == "imgclf: error: local mode needs docker: install it, or drop --local to run on SageMaker"
+
+
 def test_verbose_adds_the_traceback(capsys, monkeypatch):
     command = ["train", "--data", S3_DATA, "--image-uri", "img", "--role", ROLE]
     with pytest.raises(SystemExit):

@@ -159,9 +159,11 @@ def check(args) -> None:
 
 def target(args):
     """Where the command runs, once its flags passed `check`."""
-    from .session import target as make_target
+    from .session import check_docker, target as make_target
 
     check(args)
+    if args.local:
+        check_docker()
     return make_target(args.local, region=args.region, role=args.role,
                        **({"container_root": args.local_root, "serving_port": args.serving_port,
                            "gpu": args.local_gpu} if args.local else {}))

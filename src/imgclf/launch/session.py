@@ -8,6 +8,8 @@ call leaves the machine.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +80,15 @@ def aws_target(region: str | None = None, role: str | None = None) -> Target:
         except ValueError as e:
             raise UserError(f"no execution role: give --role or set ${ROLE_ENV} ({e})") from e
     return Target(session, role)
+
+
+def check_docker() -> None:
+    """Local mode runs the image with Docker and docker-compose: both must be there, the engine up."""
+    for tool in ("docker", "docker-compose"):
+        if not shutil.which(tool):
+            raise UserError(f"local mode needs {tool}: install it, or drop --local to run on SageMaker")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        raise UserError("local mode needs a running Docker engine (`docker info` fails): start it, or drop --local")
 
 
 def target(local: bool, region: str | None = None, role: str | None = None, **local_options) -> Target:
