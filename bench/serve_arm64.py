@@ -17,14 +17,12 @@ Emulated seconds say nothing of a Graviton's speed.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +38,10 @@ from imgclf.artifact.network import create_model, save_artifact
 from imgclf.names import CALIBRATION_DIR
 from imgclf.train.backbone import find_imagenet_weights, normalisation
 
+sys.path.insert(0, str(Path(__file__).parent))
+from serve_precision_agreement import foolbox_photos  # noqa: E402  (the 20 ImageNet photos)
+
 START_TIMEOUT_S = 900
-
-
-def foolbox_photos(dest: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "foolbox==3.3.4", "--no-deps", "-d", str(dest)],
-                   check=True)
-    (wheel,) = dest.glob("foolbox-3.3.4-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        for name in z.namelist():
-            if re.match(r"foolbox/data/imagenet_\d+_\d+\.jpg$", name):
-                z.extract(name, dest)
-    return dest / "foolbox" / "data"
 
 
 def imagenet_artifact(model_dir: Path, photos: list[Path], labels: list[int]) -> None:
