@@ -51,7 +51,7 @@ def test_arrays_cross_the_pipe_framing_unchanged():
 
 CAPPED = """
 import sys, numpy as np
-from imgclf.openvino_runtime import compile_model, read_model
+from imgclf.artifact.openvino_runtime import compile_model, read_model
 np.save(sys.argv[2], compile_model(read_model(sys.argv[1]))(np.load(sys.argv[3]))[0])
 """
 

@@ -1,4 +1,4 @@
-"""`train` through sagemaker-training's trainer and imgclf.toolkit, outside a container: the launch
+"""`train` through sagemaker-training's trainer and imgclf.train.toolkit, outside a container: the launch
 plan, imgclf-train alone and under torchrun, failure file and exit code, SIGTERM and resume under
 torchrun, and a user's own script. The jobs are tiny (resnet18 from random weights, 32 pixels)."""
 from __future__ import annotations
@@ -76,7 +76,7 @@ def job_dir(root: Path, hyperparameters: dict, channels=("training", "validation
 
 
 def train(ml: Path, **kwargs) -> subprocess.Popen:
-    """sagemaker-training's `train` command, which calls imgclf.toolkit:main."""
+    """sagemaker-training's `train` command, which calls imgclf.train.toolkit:main."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "RANK", "WORLD_SIZE",
                                                                     "LOCAL_", "MASTER_"))}
     bin_dir = str(Path(sys.executable).parent)  # torchrun beside this Python

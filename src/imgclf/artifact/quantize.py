@@ -7,7 +7,7 @@ are the ones that matter with AVX2's saturating sums as well: a copy brought to 
 99.33 % with both kinds, where one brought there with VNNI's kept 98.67 % with AVX2's. Endpoint
 hosts without VNNI are common (the Skylake generation of ml.m5 and ml.c5).
 
-    python -m imgclf.quantize DIR     # the child: DIR/model.xml and DIR/arrays.npz in, DIR/model_int8.xml out
+    python -m imgclf.artifact.quantize DIR    # the child: DIR/model.xml and DIR/arrays.npz in, DIR/model_int8.xml out
 
 NNCF starts OpenVINO's CPU plugin: each call is followed by `keep_signal_stack` (signalstack.py).
 """
@@ -28,7 +28,7 @@ from .int8_kernels import AVX2_ENVIRON, CAP_ENV
 from .openvino_runtime import FILES, FP32_FORMAT, INT8_FORMAT, compile_model, read_model, save_model
 from .signalstack import keep_signal_stack
 
-log = logging.getLogger(__spec__.name)  # imgclf.quantize under `python -m` too
+log = logging.getLogger(__spec__.name)  # imgclf.artifact.quantize under `python -m` too
 
 FULL_BIAS_CORRECTION_IMAGES = 100
 RANKING_IMAGES = 64  # of the validation images, the ones accuracy control ranks layers on: the most changed by int8

@@ -1,4 +1,4 @@
-"""torch.distributed for a job that torchrun started (imgclf.toolkit starts it on SageMaker).
+"""torch.distributed for a job that torchrun started (imgclf.train.toolkit starts it on SageMaker).
 
 torchrun gives each process RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT; the process group joins through them (env://). A process started without them is the

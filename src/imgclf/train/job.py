@@ -247,7 +247,7 @@ def write_artifact(job: Job, model: nn.Module, card: ModelCard, images: Splits, 
 
 
 def run(env: TrainingEnvironment, argv: list[str] | None = None) -> int:
-    """One process of the job: all of it, or one rank of those that torchrun started (imgclf.toolkit)."""
+    """One process of the job: all of it, or one rank of those that torchrun started (imgclf.train.toolkit)."""
     args = parse_hyperparameters(env.hyperparameters, argv)
     return main(args, env, callbacks=tracking.with_tracking(debug.callbacks(args, env), args, env))
 
