@@ -1,10 +1,17 @@
-"""The held-out evaluation (evaluation.json) and the monitoring baseline (baseline.json) a job writes."""
+"""The held-out evaluation (evaluation.json), the thumbnails of its mistakes (mistakes.json) and the
+monitoring baseline (baseline.json) a job writes, and the tuner's best head gets once completed."""
 import json
+import logging
 
 import numpy as np
 import pytest
+import torch
+from conftest import load_artifact, make_image_folder
 from PIL import Image
+from test_features import LITE
+from test_train import job_env
 
+from imgclf.artifact import mistakes
 from imgclf.artifact.baseline import (
     BASELINE_FILE,
     EVALUATION_FILE,
@@ -14,9 +21,12 @@ from imgclf.artifact.baseline import (
     read_evaluation,
 )
 from imgclf.debug import evaluation_section
+from imgclf.train import features
+from imgclf.train.data import ImageFolderDataset, make_loader
 from imgclf.train.evaluation import evaluation_metrics
-from imgclf.train.job import run
-from test_train import job_env
+from imgclf.train.job import main, parse_hyperparameters, run
+from imgclf.train.mistake_images import positions
+from imgclf.train.presets import ClassificationPresetEval
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -94,5 +104,51 @@ def test_the_report_section_draws_the_matrix_bars_and_pairs():
     matrix = str(section["matrix"])
     assert matrix.count("<rect") == 9 and "cat predicted as dog: 1 (25% of cat)" in matrix
     assert str(section["per_class"]).count("<rect") == 9 + 3  # 3 bars a class, 3 legend keys
-    assert section["pairs"][0] == ("cat", "dog", 1)
+    assert section["pairs"][0] == ("cat", "dog", 1, [])
     assert evaluation_section.section(None) is None
+
+
+def test_the_tuners_best_head_completed_carries_the_whole_networks_evaluation(tmp_path, image_folders, caplog):
+    extract = job_env(tmp_path / "features", image_folders, **LITE, **{"extract-features": "true"})
+    assert run(extract) == 0
+    trial = job_env(tmp_path / "trial", image_folders, **LITE, features="true")
+    trial.channels = {"features": extract.model_dir}  # as the tuner's trials run: a head alone
+    assert main(parse_hyperparameters(trial.hyperparameters), trial, head_only=True) == 0
+    assert not (trial.model_dir / EVALUATION_FILE).exists()
+
+    with caplog.at_level(logging.INFO, "imgclf.train"):
+        features.complete_artifact(trial.model_dir, features.load(extract.model_dir), None,
+                                   job_env(tmp_path / "trial", image_folders))  # the trial with its images
+    assert "evaluation_accuracy=" in caplog.text
+    result = read_evaluation(trial.model_dir)
+    assert json.loads((trial.output_data_dir / EVALUATION_FILE).read_text()) == result
+    assert (result["split"], result["images"]) == ("test", 12)
+    net, card = load_artifact(trial.model_dir)  # the completed network's answers, as serving computes them
+    test = ImageFolderDataset(image_folders / "test", card.classes, ClassificationPresetEval.from_settings(card.eval))
+    with torch.no_grad():
+        predicted = [card.classes[int(net(x[None]).argmax(1))] for x, _ in test]
+    expected = {t: {p: 0 for p in card.classes} for t in card.classes}
+    for (_, y), p in zip(test, predicted):
+        expected[card.classes[y]][p] += 1
+    assert result["multiclass_classification_metrics"]["confusion_matrix"] == expected
+    pairs = mistakes.read(trial.model_dir)
+    confused = [(p["true"], p["predicted"]) for p in result["most_confused"]]
+    assert [(p["true"], p["predicted"]) for p in pairs] == confused
+    assert Baseline.read(trial.model_dir).validation_images == 12
+    assert not (trial.model_dir / features.HEAD_FILE).exists()
+
+
+def test_answers_are_traced_to_their_images_in_the_batches_that_lost_none(tmp_path):
+    make_image_folder(tmp_path / "test", per_class=4)
+    dataset = ImageFolderDataset(tmp_path / "test", ["blue", "green", "red"], lambda img: torch.zeros(1))
+
+    def answers():  # what engine.evaluate keeps: (targets, probabilities) of each batch's readable images
+        loader = make_loader(dataset, batch_size=4, num_workers=0)
+        return [(t, torch.full((len(t), 3), 1 / 3)) for _, t, _ in loader if len(t)], loader
+
+    assert positions(*answers()).tolist() == list(range(12))
+    (tmp_path / "test" / "green" / "1.jpg").write_bytes(b"not an image")  # the second batch loses one
+    assert positions(*answers()).tolist() == [0, 1, 2, 3] + [-1] * 3 + [8, 9, 10, 11]
+    for i in (0, 2, 3):  # the second batch lost: the third's answers would line up with its images
+        (tmp_path / "test" / "green" / f"{i}.jpg").write_bytes(b"not an image")
+    assert positions(*answers()).tolist() == [-1] * 8

@@ -1,6 +1,7 @@
 """The profiler report's evaluation section, from the job's evaluation.json (train/evaluation.py):
 the headline figures, the confusion matrix as a picture, precision, recall and F1 per class as
-bars, and the most confused pairs. Inline SVG, like the report's other charts."""
+bars, and the most confused pairs with thumbnails of their mistakes (mistakes.json, as data: URIs).
+Inline SVG, like the report's other charts."""
 from __future__ import annotations
 
 import html
@@ -87,17 +88,27 @@ def per_class_svg(per_class: dict[str, dict]) -> str:
     return "".join(out)
 
 
-def section(evaluation: dict | None) -> dict | None:
-    """What the report's template shows of an evaluation; None without one."""
+def _thumbnails(pairs: list[dict] | None) -> dict[tuple[str, str], list[dict]]:
+    """(true, predicted) -> [{"src": data: URI, "title"}] from mistakes.json's pairs."""
+    return {(p["true"], p["predicted"]): [{"src": f"data:image/jpeg;base64,{m['jpeg']}",
+                                           "title": f"{m['source']}: {m['confidence']:.0%} {p['predicted']}"}
+                                          for m in p["images"]] for p in pairs or ()}
+
+
+def section(evaluation: dict | None, mistakes: list[dict] | None = None) -> dict | None:
+    """What the report's template shows of an evaluation and the thumbnails of its mistakes
+    (mistakes.json's pairs); None without an evaluation."""
     if not evaluation:
         return None
     headline = evaluation["multiclass_classification_metrics"]
     matrix = headline["confusion_matrix"]
+    thumbnails = _thumbnails(mistakes)
     return {
         "split": evaluation.get("split", ""), "images": evaluation.get("images", ""),
         "headline": [(k, f"{v['value']:.4f}", f"{v['standard_deviation']:.4f}") for k, v in headline.items()
                      if isinstance(v, dict) and "value" in v],
         "matrix": Markup(confusion_matrix_svg(matrix)) if len(matrix) <= MAX_MATRIX_CLASSES else None,
         "per_class": Markup(per_class_svg(evaluation["per_class"])) if evaluation.get("per_class") else None,
-        "pairs": [(p["true"], p["predicted"], p["count"]) for p in evaluation.get("most_confused", [])],
+        "pairs": [(p["true"], p["predicted"], p["count"], thumbnails.get((p["true"], p["predicted"]), []))
+                  for p in evaluation.get("most_confused", [])],
     }

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 
+from ..artifact import mistakes
 from ..artifact.baseline import read_evaluation
 from ..callbacks import FailSafeCallback, fail_safe
 from ..names import cpu_count
@@ -145,7 +146,7 @@ class Monitor(FailSafeCallback):
         path = out / DEBUG_DIR / f"profile-{self.data.host}-rank{self.data.rank}.json"
         path.write_text(json.dumps(self.data.to_dict()))
         if profiles:
-            html = report.write(profiles, out / report.REPORT_FILE, read_evaluation(out))
+            html = report.write(profiles, out / report.REPORT_FILE, read_evaluation(out), mistakes.read(out))
             log.info("profiler report: %s", html)
 
     def _is_main(self) -> bool:

@@ -22,6 +22,7 @@ import jinja2
 from markupsafe import Markup
 
 from ..commandline import ArgumentParser, add_verbose, fail
+from ..artifact import mistakes as mistake_thumbnails
 from ..artifact.baseline import read_evaluation
 from . import evaluation_section
 from .charts import line_chart
@@ -37,9 +38,10 @@ ENDINGS = {"stopped": "The job was stopped before it completed", "failed": "The 
 
 
 
-def write(profiles: list[JobData], path: Path, evaluation: dict | None = None) -> Path:
+def write(profiles: list[JobData], path: Path, evaluation: dict | None = None,
+          mistakes: list[dict] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(profiles, evaluation), encoding="utf-8")
+    path.write_text(render(profiles, evaluation, mistakes), encoding="utf-8")
     return path
 
 
@@ -50,8 +52,9 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
-def render(profiles: list[JobData], evaluation: dict | None = None) -> str:
-    """The report; `evaluation`, the job's evaluation.json, adds its section."""
+def render(profiles: list[JobData], evaluation: dict | None = None, mistakes: list[dict] | None = None) -> str:
+    """The report; `evaluation`, the job's evaluation.json, adds its section, and `mistakes` (the
+    pairs of its mistakes.json) thumbnails under its most confused pairs."""
     if not profiles:
         raise ValueError("no profiles to report on")
     profiles = sorted(profiles, key=lambda p: (p.rank, p.host))
@@ -61,7 +64,8 @@ def render(profiles: list[JobData], evaluation: dict | None = None) -> str:
         ending=_ending(main), labels=[p.label for p in profiles],
         generated=_time(dt.datetime.now().timestamp()), summary=_job_summary(main), rules=rules,
         fired=[r for r in rules if r["triggers"]], curves=_training_curves(main),
-        hosts=[_host(p) for p in profiles], phases=STEP_PHASES, evaluation=evaluation_section.section(evaluation))
+        hosts=[_host(p) for p in profiles], phases=STEP_PHASES,
+        evaluation=evaluation_section.section(evaluation, mistakes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,7 +242,8 @@ def cli(argv: list[str] | None = None) -> None:
         fail("imgclf-report", f"no {PROFILE_GLOB} under {args.output}: give the output of a job run with the "
                               "profiler or rules on", args.verbose)
     out = args.out or (args.output / REPORT_FILE if args.output.is_dir() else args.output.with_name(REPORT_FILE))
-    print(write(profiles, out, read_evaluation(args.output) if args.output.is_dir() else None))
+    folder = args.output if args.output.is_dir() else None
+    print(write(profiles, out, folder and read_evaluation(folder), folder and mistake_thumbnails.read(folder)))
 
 
 if __name__ == "__main__":

@@ -181,12 +181,14 @@ def run(search: Search, progress: Progress | None = None, callbacks=(), runs: Se
 
 def complete_best_model(search: Search, best: dict, features_channel: Path) -> None:
     """The best trial's model dir, when this worker ran it, from its head alone to the whole network's
-    artifact (model.pt, model.json): once, whatever the number of trials."""
+    artifact (model.pt, model.json, and the evaluation a training job writes, on the search's images):
+    once, whatever the number of trials."""
     from ..train import features  # torch: only where a network is built
 
     model_dir = search.output / best["model"]
     if (model_dir / features.HEAD_FILE).is_file():
-        features.complete_artifact(model_dir, features.load(features_channel), search.channels.get("pretrained"))
+        features.complete_artifact(model_dir, features.load(features_channel), search.channels.get("pretrained"),
+                                   job_env(search.channels, model_dir.parent, {}))
 
 
 def next_trial(study: optuna.Study, search: Search, progress: Progress) -> optuna.Trial | None:

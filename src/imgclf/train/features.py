@@ -279,9 +279,11 @@ def save_head(model_dir: Path, model: nn.Module, card) -> None:
     write_card(model_dir, card)
 
 
-def complete_artifact(model_dir: Path, feature_set: FeatureSet, pretrained_channel: Path | None) -> None:
+def complete_artifact(model_dir: Path, feature_set: FeatureSet, pretrained_channel: Path | None,
+                      job: TrainingEnvironment | None = None) -> None:
     """The whole network's artifact in a head-alone job's model dir: the backbone with the ImageNet
-    weights that `feature_set` was computed with, the head as trained (head.pt, then removed)."""
+    weights that `feature_set` was computed with, the head as trained (head.pt, then removed); given
+    the head-alone `job` with its image channels, the evaluation files a training job writes too."""
     card = load_card(model_dir)
     weights = find_imagenet_weights(card.arch, pretrained_channel)
     if weights is None or file_digest(weights) != feature_set.manifest["identity"]["weights_sha256"]:
@@ -291,4 +293,8 @@ def complete_artifact(model_dir: Path, feature_set: FeatureSet, pretrained_chann
     load_backbone(model, weights)
     head(model).load_state_dict(torch.load(model_dir / HEAD_FILE, map_location="cpu", weights_only=True))
     save_artifact(model_dir, model, card)
+    if job is not None:
+        from . import evaluation  # builds datasets as a job does: builders.py imports this module
+
+        evaluation.run_on_network(model, card, job)
     (model_dir / HEAD_FILE).unlink()
