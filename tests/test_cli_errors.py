@@ -68,6 +68,8 @@ LAUNCHER_CASES = {
     "data upload MISSING": "data upload needs an S3 URI: imgclf data upload DIR s3://bucket/prefix",
     "data check . --role=x": "imgclf data: error: unrecognized arguments: --role=x",
     "train --instance-count two": "argument --instance-count: invalid int value: 'two'",
+    f"transform --image-uri img --model-data {S3_DATA}/model.tar.gz --data {S3_DATA} --accept text/csv":
+        "argument --accept: invalid choice: 'text/csv' (choose from 'application/json', 'application/json;verbose')",
 }
 
 

@@ -1,10 +1,10 @@
 """The launcher against the real image in SageMaker local mode (SDK v2, Docker Compose), no AWS account:
 train on two containers of two processes each (torchrun, gloo), deploy, invoke with a photo, delete,
-a batch transform; the same job with distribution={"torch_distributed": ...} and a user's own script
-through the SDK's PyTorch estimator; the local tuner in one container and the final model from its
-best trial. Data: the bundled sample (Fashion-MNIST photos as JPEG, in folders named as the
-channels). Tiny on purpose: resnet18 from scratch or efficientnet_lite0's head, 32-pixel crops, one
-or two epochs."""
+a batch transform (top-k answers, then every class's in JumpStart's verbose shape); the same job with
+distribution={"torch_distributed": ...} and a user's own script through the SDK's PyTorch estimator;
+the local tuner in one container and the final model from its best trial. Data: the bundled sample
+(Fashion-MNIST photos as JPEG, in folders named as the channels). Tiny on purpose: resnet18 from
+scratch or efficientnet_lite0's head, 32-pixel crops, one or two epochs."""
 from __future__ import annotations
 
 import contextlib
@@ -119,6 +119,23 @@ def test_train_two_instances_deploy_invoke_delete_transform(docker_image, data, 
     assert out == (tmp_path / "predictions").as_uri()
     assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
     assert all(json.loads(a.read_text())["predictions"][0][0]["label"] in classes for a in answers)
+    assert running_under(tmp_path) == []
+
+    # every class's probability (JumpStart's verbose shape), asked for on the command line
+    with timed(timings, "transform, verbose"):
+        cli.main(["transform", "--local", "--image-uri", docker_image, "--model-data", model_data,
+                  "--data", str(batch), "--output-path", str(tmp_path / "verbose"), "--accept",
+                  "application/json;verbose", "--local-root", str(local_root), "--serving-port", str(free_port())])
+    assert f"transform output: {(tmp_path / 'verbose').as_uri()}" in capsys.readouterr().out
+    answers = sorted((tmp_path / "verbose").rglob("*.out"))
+    assert [a.name for a in answers] == sorted(f"{p.name}.out" for p in batch.iterdir())
+    for a in answers:
+        answer = json.loads(a.read_text())
+        assert set(answer) == {"labels", "probabilities", "predicted_label"}, answer
+        assert sorted(answer["labels"]) == sorted(classes) and len(answer["probabilities"]) == len(classes)
+        assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-4)
+        best = max(range(len(classes)), key=answer["probabilities"].__getitem__)
+        assert answer["predicted_label"] == answer["labels"][best]
     assert running_under(tmp_path) == []
 
 

@@ -27,6 +27,7 @@ from ..names import UserError
 from ..serve.profiles import PROFILE_ENV, PROFILES
 from . import scaling
 from .account import AccountSettings
+from .hosting_flags import TRANSFORM_ACCEPTS
 from .options import INSTANCE_COUNT, SERVING_INSTANCE_TYPE
 from .session import Target
 
@@ -166,15 +167,17 @@ def _autoscaling_client(target: Target):
 
 def transform(target: Target, image_uri: str, model_data: str, data: str, output_path: str, *,
               instance_type: str = SERVING_INSTANCE_TYPE, instance_count: int = INSTANCE_COUNT,
-              max_payload_mb: int | None = None, account: AccountSettings = NO_SETTINGS, wait: bool = True) -> str:
+              max_payload_mb: int | None = None, accept: str = TRANSFORM_ACCEPTS[0],
+              account: AccountSettings = NO_SETTINGS, wait: bool = True) -> str:
     """Batch transform: one request per image under the `data` prefix, one `<image>.out` per answer.
     `max_payload_mb` (SageMaker's MaxPayloadInMB, up to 100; default 6) is the largest record;
-    SageMaker passes it to the container, which takes records up to that size."""
+    SageMaker passes it to the container, which takes records up to that size. `accept` is each
+    request's Accept: `application/json;verbose` answers every class's probability (JumpStart's shape)."""
     if max_payload_mb is not None and not 0 <= max_payload_mb <= MAX_PAYLOAD_MB:
         raise UserError(f"max payload {max_payload_mb} MB: SageMaker takes 0 (no limit) to {MAX_PAYLOAD_MB} MB")
     m = model(target, image_uri, model_data, name=name_from_base(BASE_NAME + "-transform"), account=account)
     transformer = m.transformer(instance_count=instance_count, instance_type=target.instance_type(instance_type),
-                                output_path=output_path, accept="application/json", strategy="SingleRecord",
+                                output_path=output_path, accept=accept, strategy="SingleRecord",
                                 max_payload=max_payload_mb, volume_kms_key=account.volume_kms_key,
                                 output_kms_key=account.output_kms_key, tags=account.sdk_tags)
     # the container's own timeout for a record (the batch profile's), not SageMaker's default 600 s

@@ -1,6 +1,6 @@
 """The launcher's flags for the serving profiles (serve/profiles.py): `imgclf deploy --async` and
-`imgclf transform --max-payload-mb`; deploy's autoscaling and data capture; and the SDK options they
-become. Kept apart from hosting.py, which imports the SageMaker SDK, so that building the parser stays fast."""
+`imgclf transform --max-payload-mb`; transform's `--accept`; deploy's autoscaling and data capture; and
+the SDK options they become. Kept apart from hosting.py, which imports the SageMaker SDK, so that building the parser stays fast."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import argparse
 from ..names import UserError
 
 CAPTURE_PERCENT = 100  # every request and answer: what monitoring reads
+TRANSFORM_ACCEPTS = ("application/json", "application/json;verbose")  # the handler's answers (serve/handler.py)
 
 
 def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,9 @@ def add_deploy_flags(parser: argparse.ArgumentParser) -> None:
 def add_transform_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-payload-mb", type=int, metavar="MB",
                         help="largest image (record) in MB, up to 100; 0: no limit (SageMaker's default: 6)")
+    parser.add_argument("--accept", choices=TRANSFORM_ACCEPTS, default=TRANSFORM_ACCEPTS[0],
+                        help=f"{TRANSFORM_ACCEPTS[1]}: every class's probability per image (JumpStart's shape) "
+                             "instead of the top classes (default: %(default)s)")
 
 
 def check(args) -> None:
@@ -86,4 +90,4 @@ def deploy_options(args, target, settings) -> dict:
 
 def transform_options(args) -> dict:
     """hosting.transform's keyword arguments for the flags above."""
-    return {"max_payload_mb": args.max_payload_mb}
+    return {"max_payload_mb": args.max_payload_mb, "accept": args.accept}

@@ -36,8 +36,8 @@ def add_parser(sub, parents: options.Parents) -> None:
 
     p = sub.add_parser("transform", parents=serving, help="batch transform: classify every image under a prefix")
     p.add_argument("--data", required=True, help="S3 prefix of images (a folder with --local)")
-    p.add_argument("--output-path", help="where <image>.out answers go (default: none; with --local "
-                                         "imgclf-output/ under --local-root or here)")
+    p.add_argument("--output-path", help="where <image>.out answers go: S3 prefix, or a folder with --local "
+                                         "(default: none; with --local imgclf-output/ under --local-root or here)")
     p.add_argument("--no-wait", action="store_true", help="start the job and return (default: wait)")
     hosting_flags.add_transform_flags(p)
     account.add_flags(p)
@@ -120,7 +120,7 @@ def run_transform(args) -> None:
     output = args.output_path or (options.default_local_output(args) if target.local else None)
     if not output:
         raise UserError("transform needs --output-path (an S3 prefix)")
-    data = datasets.local_uri(args.data) if target.local else args.data
+    data, output = (datasets.local_uri(args.data), datasets.local_uri(output)) if target.local else (args.data, output)
     out = hosting.transform(target, options.image_uri(args), options.model_data(args, target), data, output,
                             instance_type=args.instance_type, instance_count=args.instance_count,
                             account=account.from_args(args), wait=not args.no_wait,
