@@ -14,6 +14,7 @@ import pytest
 from conftest import ROOT, require
 from serve_support import MockContext
 from test_launch import aws, cli_env, sent  # noqa: F401 (fixtures)
+from test_launch_local import local_root  # noqa: F401 (fixture)
 
 from imgclf.monitor import analysis, baseline_source, drift
 from imgclf.monitor.capture import answer_probabilities, read_capture
@@ -218,3 +219,51 @@ def test_processing_job_runs_the_monitor_on_the_image(aws, sent, cli_env, capsys
         cli.main(["monitor", "./capture", "--baseline", "model.tar.gz", "--output", "out", "--processing",
                   "--image-uri", IMAGE, "--role", ROLE, "--region", "us-east-1"])
     assert "not an s3:// URI" in capsys.readouterr().err
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_local_processing_job_on_the_image(docker_image, captures, fashion_model, local_root,  # noqa: F811
+                                             tmp_path, capsys, monkeypatch):
+    """`imgclf monitor --processing --local`: the Processing job on the image in SageMaker local mode
+    (Docker Compose), imgclf-monitor as the container's entry point, the inputs copied in and the
+    output copied back. The prior shift with the model's archive fails the job (--fail-on-drift) and
+    the command exits 3; the ground-truth set with the model's folder shows no drift."""
+    import shutil
+    import tarfile
+
+    from imgclf.launch import cli
+
+    require(shutil.which("docker-compose") is not None, "no docker-compose for SageMaker local mode")
+    monkeypatch.delenv("SAGEMAKER_SUPPRESS_V2_WARNING", raising=False)  # restored after cli.main sets it
+    model_tar = tmp_path / "model" / "model.tar.gz"
+    model_tar.parent.mkdir()
+    with tarfile.open(model_tar, "w:gz") as tar:
+        for f in fashion_model.iterdir():
+            tar.add(f, arcname=f.name)
+    local = ["--processing", "--local", "--image-uri", docker_image, "--local-root", str(local_root)]
+
+    def verdict() -> str:
+        out = capsys.readouterr().out
+        (line,) = [line for line in out.splitlines() if "monitor: records=" in line]  # the container's log
+        return line.split("monitor: ", 1)[1]
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["monitor", str(captures / "prior_shift"), "--baseline", str(model_tar), "--output",
+                  str(tmp_path / "prior_shift"), "--fail-on-drift", *local])
+    line = verdict()
+    assert exit_.value.code == DRIFT_EXIT and "records=200 images=200 drift=yes" in line, line
+    assert "predicted_class" in line.split("drifted=")[1], line
+    assert {f.name for f in (tmp_path / "prior_shift").iterdir()} == {
+        analysis.REPORT_FILE, analysis.VIOLATIONS_FILE, analysis.STATISTICS_FILE}
+    (violation, *_) = json.loads((tmp_path / "prior_shift" / analysis.VIOLATIONS_FILE).read_text())["violations"]
+    assert violation["feature_name"] == "predicted_class"
+    assert json.loads((tmp_path / "prior_shift" / analysis.STATISTICS_FILE).read_text())["drift"] is True
+    assert "Drift found" in (tmp_path / "prior_shift" / analysis.REPORT_FILE).read_text()
+
+    cli.main(["monitor", str(captures / "ground_truth" / "capture"), "--baseline", str(fashion_model),
+              "--ground-truth", str(captures / "ground_truth" / "labels"), "--output", str(tmp_path / "clean"),
+              "--fail-on-drift", *local])
+    line = verdict()
+    assert "records=200" in line and "labelled=200" in line and "drift=no" in line, line
+    assert json.loads((tmp_path / "clean" / analysis.VIOLATIONS_FILE).read_text()) == {"violations": []}
