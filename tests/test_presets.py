@@ -53,6 +53,12 @@ def test_reduce_on_decode_decodes_large_jpeg_smaller():
     reduce_on_decode(img, 256)
     img.load()
     assert min(img.size) >= 256 and img.size[0] <= 1000
+    half = io.BytesIO()
+    Image.new("RGB", (512, 640), (10, 20, 30)).save(half, "JPEG")
+    img = Image.open(half)
+    reduce_on_decode(img, 256)  # exactly half: decoded whole (the resize's filter keeps the answers)
+    img.load()
+    assert img.size == (512, 640)
     png = Image.open(io.BytesIO(_png()))
     reduce_on_decode(png, 8)  # not a JPEG: left alone
     assert png.size == (64, 64)
