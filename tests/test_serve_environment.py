@@ -13,20 +13,35 @@ def test_defaults_follow_the_sagemaker_contract():
     assert env.model_dir == Path("/opt/ml/model")
     assert env.models_dir == Path("/opt/ml/models")
     assert env.port == 8080 and not env.multi_model
-    # workers x threads fill the CPUs without oversubscribing them
-    assert env.workers == 1 and env.torch_threads == 4
+    # a worker per CPU, one thread each; a request alone gets every one of the 4
+    assert (env.workers, env.torch_threads, env.lone_threads, env.max_batch_delay_ms) == (4, 1, 4, 0)
     assert env.max_payload_bytes == 6 * 1024 * 1024
     assert env.precision == "auto" and env.top_k == 5
     # auto serves int8 at >= 99 % top-1 agreement and <= 0.5 point accuracy drop
     assert (env.int8_min_agreement, env.int8_max_accuracy_drop) == (0.99, 0.005)
 
 
-@pytest.mark.parametrize("cpus, workers, threads", [(1, 1, 1), (2, 1, 2), (6, 2, 3), (16, 4, 4)])
-def test_default_thread_layout_fits_the_cpus(cpus, workers, threads):
-    with mock.patch.object(environment, "cpu_count", return_value=cpus):
+@pytest.mark.parametrize("cpus, gpus, workers, threads, lone", [(1, 0, 1, 1, 1), (2, 0, 2, 1, 2), (16, 0, 16, 1, 4),
+                                                                 (2, 1, 1, 2, 2), (6, 1, 2, 3, 4), (16, 4, 4, 4, 4)])
+def test_default_thread_layout_fits_the_cpus(cpus, gpus, workers, threads, lone):
+    with mock.patch.object(environment, "cpu_count", return_value=cpus), \
+            mock.patch.object(environment, "gpu_count", return_value=gpus):
         env = ServingEnvironment.from_env({})
-    assert (env.workers, env.torch_threads) == (workers, threads)
-    assert env.workers * env.torch_threads <= cpus
+    assert (env.workers, env.torch_threads, env.lone_threads) == (workers, threads, lone)
+    assert env.workers * env.torch_threads <= cpus and env.max_batch_delay_ms == int(workers == 1)
+
+
+def test_a_multi_model_endpoint_keeps_one_worker_per_4_cpus():
+    with mock.patch.object(environment, "cpu_count", return_value=8), \
+            mock.patch.object(environment, "gpu_count", return_value=0):
+        env = ServingEnvironment.from_env({"SAGEMAKER_MULTI_MODEL": "true"})
+    assert (env.workers, env.torch_threads, env.lone_threads) == (2, 4, 4)
+
+
+def test_gpus_are_counted_by_their_device_files(tmp_path):
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
+        (tmp_path / name).touch()
+    assert environment.gpu_count(tmp_path) == 2 and environment.gpu_count(tmp_path / "none") == 0
 
 
 def test_sagemaker_and_imgclf_variables_override():
@@ -47,7 +62,7 @@ def test_sagemaker_and_imgclf_variables_override():
         })
     assert env.model_dir == Path("/srv/ml/model") and env.models_dir == Path("/srv/ml/models")
     assert env.port == 9090 and env.multi_model
-    assert env.workers == 2 and env.torch_threads == 4
+    assert (env.workers, env.torch_threads, env.lone_threads) == (2, 4, 4)
     assert env.response_timeout_s == 120 and env.max_payload_bytes == 20 * 1024 * 1024  # seconds, MiB
     assert (env.batch_size, env.max_batch_delay_ms, env.top_k, env.precision) == (16, 0, 3, "int8")
     assert (env.int8_min_agreement, env.int8_max_accuracy_drop) == (0.95, 0.02)
@@ -124,7 +139,7 @@ def test_defaults_are_stated_once_and_shown_in_the_help():
     from imgclf.serve.server import get_args_parser
 
     help_text = " ".join(get_args_parser().format_help().split())
-    for name in ("batch_size", "max_batch_delay_ms", "top_k", "port", "precision"):
+    for name in ("batch_size", "top_k", "port", "precision"):
         setting = environment.SETTINGS[name]
         assert f"${setting.var}, default {setting.default})" in help_text
         assert getattr(ServingEnvironment, name) == setting.default == getattr(ServingEnvironment.from_env({}), name)

@@ -7,6 +7,7 @@ import logging
 import socket
 import tarfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def echo(loop):
         if request.path == "/drop":
             request.transport.close()
             await asyncio.sleep(1)
-        if request.path == "/slow":
+        if request.path in ("/slow", "/models/slow/invoke"):
             await asyncio.sleep(1)
         body = await request.read()
         return web.json_response({"method": request.method, "path": request.path_qs, "body": body.decode("latin-1"),
@@ -296,6 +297,22 @@ def test_the_request_id_goes_on_to_the_model_server_given_or_generated(front, ec
     assert given.json()["headers"]["X-Amzn-RequestId"] == "c0ffee-1"
     generated = requests.post(url + "/invocations", data=b"\xff\xd8\xff", headers={"Content-Type": "image/jpeg"})
     assert len(generated.json()["headers"]["X-Amzn-RequestId"]) == 32
+
+
+def test_the_model_server_hears_how_many_invocations_are_in_flight(front, echo):
+    """X-Imgclf-In-Flight counts the invocations the front has passed on, this one included (the
+    worker gives a lone one more threads); a client's own value is replaced."""
+    url, _ = front(echo, multi_model=True)
+
+    def invoke(model="fast", **headers):
+        return requests.post(url + "/invocations", data=b"\xff\xd8\xff", timeout=30, headers={
+            "Content-Type": "image/jpeg", "X-Amzn-SageMaker-Target-Model": model, **headers}).json()["headers"]
+
+    with ThreadPoolExecutor(3) as pool:
+        together = [int(h["X-Imgclf-In-Flight"]) for h in pool.map(lambda _: invoke("slow"), range(3))]
+    assert sorted(together)[-1] == 3  # each waits a second upstream: the last one in finds all three
+    assert invoke(**{"x-imgclf-in-flight": "7"})["X-Imgclf-In-Flight"] == "1"
+    assert "X-Imgclf-In-Flight" not in requests.get(url + "/models", timeout=10).json()["headers"]
 
 
 def test_a_500_from_the_model_server_is_a_fixed_message_and_the_request_id(front, worker_died, caplog):

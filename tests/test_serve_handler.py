@@ -55,7 +55,8 @@ def test_a_batch_of_requests_is_one_forward_pass_with_answers_per_request(handle
                {"Content-Type": "image/png"}, {"Content-Type": "image/jpeg", "X-Amzn-SageMaker-Custom-Attributes": "top_k=1"}]
     with mock.patch.object(handler, "inference", wraps=handler.inference) as inference:
         answers, context = run(handler, bodies, headers)
-    (pixels,), _ = inference.call_args
+    (pixels, alone), _ = inference.call_args
+    assert not alone
     assert inference.call_count == 1 and pixels.shape[0] == 4  # 1 + 2 + 1 images; the bad one left out
     assert [len(a["predictions"]) for a in answers if "predictions" in a] == [1, 2, 1]
     assert [len(p) for p in answers[0]["predictions"]] == [2]  # the environment's default top_k
@@ -132,6 +133,31 @@ def test_an_exported_artifact_is_served_by_its_int8_model(exported, tmp_path):
     assert h.runner.name == "openvino int8"
     answers, context = run(h, [jpeg(), b"garbage"], [{"Content-Type": "image/jpeg"}] * 2)
     assert len(answers[0]["predictions"][0]) == 1 and context.status[1][0] == 400
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_a_request_alone_runs_on_the_lone_threads_with_the_same_answers(exported, tmp_path, precision):
+    """One thread per worker; a request that the front says is alone (X-Imgclf-In-Flight: 1) runs
+    on the network compiled for `lone_threads`, any other on the worker's own, with the same answers."""
+    model_dir, _, _, _ = exported
+    h = ImageClassifierHandler(environment(tmp_path, precision=precision, top_k=3, torch_threads=1, lone_threads=2))
+    h.initialize(MockContext(model_dir))
+    assert (h.runner.threads, h.lone.threads) == (1, 2) and h.lone.name == h.runner.name
+    body = jpeg(size=(90, 300), color=(20, 90, 200))
+    answers, calls = {}, {}
+    for in_flight in ("1", "3", None):
+        headers = {"Content-Type": "image/jpeg", **({"X-Imgclf-In-Flight": in_flight} if in_flight else {})}
+        with mock.patch.object(h.lone, "compiled", wraps=h.lone.compiled) as lone:
+            answers[in_flight], _ = run(h, [body], [headers])
+        calls[in_flight] = lone.call_count
+    assert calls == {"1": 1, "3": 0, None: 0}
+    with mock.patch.object(h.lone, "compiled", wraps=h.lone.compiled) as lone:
+        run(h, [body, body], [{"Content-Type": "image/jpeg", "X-Imgclf-In-Flight": "1"}] * 2)  # a batch is not alone
+    lone.assert_not_called()
+    alone, shared = answers["1"][0]["predictions"][0], answers["3"][0]["predictions"][0]
+    assert [p["label"] for p in alone] == [p["label"] for p in shared]
+    assert np.allclose([p["probability"] for p in alone], [p["probability"] for p in shared], atol=1e-5)
 
 
 @pytest.mark.parametrize("accept, verbose", [("application/json;verbose", True), ("application/json; verbose", True),

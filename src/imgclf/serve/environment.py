@@ -35,6 +35,9 @@ BATCH_STRATEGY_ENV = "SAGEMAKER_BATCH_STRATEGY"  # SINGLE_RECORD or MULTI_RECORD
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MAX_DEFAULT_THREADS = 4
 MODEL_NAME = "model"  # the single model's name inside multi-model-server
+# The front tells the worker how many invocations it has in flight, this one included: at 1 the
+# request is alone and its forward may take every thread of a lone request (handler.py)
+IN_FLIGHT_HEADER = "X-Imgclf-In-Flight"
 # Bodies up to this size stay in memory (the front's and the JVM's); larger ones go to disk.
 IN_MEMORY_BYTES = 6 * MiB
 # The model server's fixed JVM heap, touched at start: its memory is bounded and flat while it
@@ -85,14 +88,17 @@ SETTINGS = {  # field of ServingEnvironment -> its variable
     "profile": Setting(PROFILE_ENV, None, "serving profile (default: batch in a batch transform, else real-time)",
                        kind=str, choices=tuple(PROFILES)),
     "workers": Setting(sm.MODEL_SERVER_WORKERS_ENV, None,
-                       f"model worker processes (default: one per {MAX_DEFAULT_THREADS} CPUs; serverless: 1)"),
+                       f"model worker processes (default: one per CPU; with GPUs one per {MAX_DEFAULT_THREADS} "
+                       "CPUs; serverless: 1)"),
     "torch_threads": Setting("IMGCLF_TORCH_THREADS", None, "threads per worker (default: the CPUs / workers)"),
     "batch_size": Setting("IMGCLF_BATCH_SIZE", 8, "most requests batched together"),
-    # how long a batch waits for more requests, which a lone request always waits: under load
-    # requests queue while the worker is busy, so 1 ms kept 5 ms's images/s at concurrency 8 (0 ms
-    # lost 14 %) and took 4 ms off a lone request (bench_serve)
-    "max_batch_delay_ms": Setting("IMGCLF_MAX_BATCH_DELAY_MS", 1, "longest wait for a batch to fill, in ms",
-                                  minimum=0),
+    # how long a batch waits for more requests, which a lone request always waits. One worker: under
+    # load requests queue while it is busy, so 1 ms kept 5 ms's images/s at concurrency 8 (0 ms lost
+    # 14 %). Several: a free worker takes what is queued at once (0 ms served 9 % more than 1 ms with
+    # 2 workers; bench_limit)
+    "max_batch_delay_ms": Setting("IMGCLF_MAX_BATCH_DELAY_MS", None,
+                                  "longest wait for a batch to fill, in ms (default: 0 with several workers, 1 with "
+                                  "one)", minimum=0),
     "top_k": Setting("IMGCLF_TOP_K", 5, "labels per image unless the request asks"),
     "precision": Setting("IMGCLF_PRECISION", "auto", "auto: int8 where it agrees with float32, else bfloat16 where "
                          "supported and agreeing, else float32", kind=str, choices=PRECISIONS),
@@ -137,6 +143,11 @@ def _default(name: str):
     return SETTINGS[name].default
 
 
+def gpu_count(dev: Path = Path("/dev")) -> int:
+    """The NVIDIA GPUs this container was given (their device files: no driver library needed)."""
+    return len([p for p in dev.glob("nvidia[0-9]*") if p.name[6:].isdigit()])
+
+
 @dataclass(frozen=True)
 class ServingEnvironment:
     model_dir: Path
@@ -146,8 +157,9 @@ class ServingEnvironment:
     port: int = _default("port")
     workers: int = 1
     torch_threads: int = 1
+    lone_threads: int = 1  # a request that arrives alone: up to this many threads for its forward
     batch_size: int = _default("batch_size")
-    max_batch_delay_ms: int = _default("max_batch_delay_ms")
+    max_batch_delay_ms: int = 1
     top_k: int = _default("top_k")
     precision: str = _default("precision")
     int8_min_agreement: float = _default("int8_min_agreement")
@@ -170,21 +182,33 @@ class ServingEnvironment:
         payload = (limits.max_payload_bytes if payload_mb is None
                    else payload_mb * MiB or PROFILES["async"].max_payload_bytes)
         cpus = cpu_count()
-        # Workers x threads fill the CPUs, never more. Up to 4 threads share one worker, so a
-        # batch runs on every core of a small instance; bigger ones get a worker per 4 cores.
-        workers = read["workers"] or (1 if profile == "serverless" else -(-cpus // MAX_DEFAULT_THREADS))
+        # Workers x threads fill the CPUs, never more. On CPUs a worker per core, one thread each:
+        # requests that come together run side by side, no thread waiting on another's (on 2 cores
+        # 2 x 1 served 13-23 % more than 1 x 2: bench_limit), and a request that arrives alone still
+        # gets up to 4 threads (lone_threads). With GPUs, a worker per 4 CPUs batches for the GPU;
+        # so it does for each model of a multi-model endpoint, whose memory is shared by many models.
+        multi_model = environ.get(sm.MULTI_MODEL_ENV, "false").lower() == "true"
+        if read["workers"]:
+            workers = read["workers"]
+        elif profile == "serverless":
+            workers = 1
+        else:
+            workers = -(-cpus // MAX_DEFAULT_THREADS) if multi_model or gpu_count() else cpus
+        threads = read["torch_threads"] or max(1, cpus // workers)
         return cls(
             model_dir=Path(environ.get(MODEL_DIR_ENV) or base / "model"),
             models_dir=base / "models",
-            multi_model=environ.get(sm.MULTI_MODEL_ENV, "false").lower() == "true",
+            multi_model=multi_model,
             profile=profile,
             workers=workers,
-            torch_threads=read["torch_threads"] or max(1, cpus // workers),
+            torch_threads=threads,
+            lone_threads=max(threads, min(cpus, MAX_DEFAULT_THREADS)),
+            max_batch_delay_ms=read["max_batch_delay_ms"] if read["max_batch_delay_ms"] is not None else int(workers == 1),
             max_payload_bytes=payload,
             response_timeout_s=read["response_timeout_s"] or LEGACY_TIMEOUT.read(environ, limits.response_timeout_s),
             jvm_heap_bytes=jvm_heap_bytes(memory_bytes if memory_bytes is not None else memory_limit_bytes()),
             vmargs=environ.get(sm.MODEL_SERVER_VMARGS) or cls.vmargs,
-            **{name: read[name] for name in ("port", "batch_size", "max_batch_delay_ms", "top_k", "precision",
+            **{name: read[name] for name in ("port", "batch_size", "top_k", "precision",
                                              "int8_min_agreement", "int8_max_accuracy_drop", "max_image_pixels",
                                              "startup_timeout_s")},
         )
@@ -193,4 +217,5 @@ class ServingEnvironment:
         """The limits in force, for the start-up log."""
         return (f"profile {self.profile}: payload up to {self.max_payload_bytes} bytes, response timeout "
                 f"{self.response_timeout_s} s, JVM heap {self.jvm_heap_bytes // MiB} MiB, {self.workers} workers x "
-                f"{self.torch_threads} threads")
+                f"{self.torch_threads} threads ({self.lone_threads} for a request alone), batch delay "
+                f"{self.max_batch_delay_ms} ms")

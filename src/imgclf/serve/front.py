@@ -35,7 +35,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from . import registration, spool
-from .environment import IN_MEMORY_BYTES, MODEL_NAME
+from .environment import IN_FLIGHT_HEADER, IN_MEMORY_BYTES, MODEL_NAME
 from .errors import REQUEST_ID_HEADER, request_id_of
 from .json_errors import PRODUCES, JsonErrorServer, internal_error, json_error, model_server_error
 from .sniffing import UNTYPED, sniff
@@ -73,6 +73,7 @@ class Front:
         self.spool_dir = spool_dir  # bodies over IN_MEMORY_BYTES go to a file here (spool.py); None: kept in memory
         self.stop_grace_s = stop_grace_s
         self.model_ready = threading.Event()  # single model registered with its workers (set by the server)
+        self.in_flight = 0  # invocations passed on and not yet answered
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.ServerRunner | None = None
 
@@ -126,8 +127,8 @@ class Front:
     async def pass_on(self, request: web.BaseRequest, body: bytes, spooled: spool.Spooled | None) -> web.StreamResponse:
         """Check, route and forward a request whose body was read (`spooled`: to a file)."""
         path = request.path_qs
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP | REQUEST_ONLY | {spool.SPOOLED_BODY.lower(), REQUEST_ID_HEADER.lower()}}
+        ours = {spool.SPOOLED_BODY.lower(), REQUEST_ID_HEADER.lower(), IN_FLIGHT_HEADER.lower()}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | REQUEST_ONLY | ours}
         headers[REQUEST_ID_HEADER] = request_id_of(request.headers)  # one id in the front's log and the worker's
         if spooled:
             headers[spool.SPOOLED_BODY] = spooled.path.name
@@ -146,8 +147,14 @@ class Front:
                                                      self.register_defaults, self.models_dir, self.stage_dir)
             except registration.RegistrationError as e:
                 return json_error(e.status, str(e))
-        return await self.forward(request.method, path, headers, b"" if spooled else body,
-                                  answer_type=PRODUCES if is_invocation(request) else None)
+        if not is_invocation(request):
+            return await self.forward(request.method, path, headers, b"" if spooled else body)
+        self.in_flight += 1
+        headers[IN_FLIGHT_HEADER] = str(self.in_flight)
+        try:
+            return await self.forward(request.method, path, headers, b"" if spooled else body, answer_type=PRODUCES)
+        finally:
+            self.in_flight -= 1
 
     async def read_body(self, request: web.BaseRequest) -> bytes | spool.Spooled | None:
         """The request body, or None when it is over the limit (the rest is left unread); past

@@ -50,11 +50,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class OpenVinoRunner:
-    def __init__(self, compiled, name: str):
-        self.compiled, self.name = compiled, name
+    def __init__(self, ov_model, name: str, threads: int, precision_hint: str = "f32"):
+        self.ov_model, self.name, self.threads, self.precision_hint = ov_model, name, threads, precision_hint
+        self.compiled = openvino.compile_model(ov_model, threads=threads, precision_hint=precision_hint)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return softmax(self.compiled(np.ascontiguousarray(pixels, dtype=np.float32))[0])
+
+    def with_threads(self, threads: int) -> OpenVinoRunner:
+        """The same network compiled again for `threads` threads."""
+        return OpenVinoRunner(self.ov_model, self.name, threads, self.precision_hint)
 
 
 def torch_available() -> bool:
@@ -176,8 +181,7 @@ class RunnerFactory:
         log.warning("the artifact has no int8 model: quantizing at start-up on its %d calibration images; its "
                     "agreement with float32 is unchecked", len(photos))
         int8 = quantize.quantize(fp32, [photos[i:i + 8] for i in range(0, len(photos), 8)])
-        return OpenVinoRunner(openvino.compile_model(int8, threads=self.threads), "openvino int8 (calibrated at start-up)")
+        return OpenVinoRunner(int8, "openvino int8 (calibrated at start-up)", self.threads)
 
     def _openvino(self, name: str, hint: str, label: str) -> OpenVinoRunner:
-        ov_model = openvino.read_model(self.model_dir / self.card.formats[name].file)
-        return OpenVinoRunner(openvino.compile_model(ov_model, threads=self.threads, precision_hint=hint), label)
+        return OpenVinoRunner(openvino.read_model(self.model_dir / self.card.formats[name].file), label, self.threads, hint)
