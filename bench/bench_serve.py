@@ -335,7 +335,7 @@ def mms_port(ep: Endpoint) -> int:
 def handler_ms(ep: Endpoint, since: int) -> list[float]:
     """The handler's own time per batch (its log line) for batches of one request, logged after `since`."""
     text = ep.log.read_text(errors="replace")[since:]
-    return [float(ms) for ms in re.findall(r"batch of 1 requests, 1 images, (\d+) ms", text)]
+    return [float(ms) for ms in re.findall(r"batch of 1 requests, 1 images, (\d+(?:\.\d+)?) ms", text)]
 
 
 def main(args) -> None:
