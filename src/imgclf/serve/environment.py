@@ -88,8 +88,8 @@ SETTINGS = {  # field of ServingEnvironment -> its variable
     "profile": Setting(PROFILE_ENV, None, "serving profile (default: batch in a batch transform, else real-time)",
                        kind=str, choices=tuple(PROFILES)),
     "workers": Setting(sm.MODEL_SERVER_WORKERS_ENV, None,
-                       f"model worker processes (default: one per CPU; with GPUs one per {MAX_DEFAULT_THREADS} "
-                       "CPUs; serverless: 1)"),
+                       f"model worker processes (default: one per CPU; with GPUs or several models one per "
+                       f"{MAX_DEFAULT_THREADS} CPUs; serverless: 1)"),
     "torch_threads": Setting("IMGCLF_TORCH_THREADS", None, "threads per worker (default: the CPUs / workers)"),
     "batch_size": Setting("IMGCLF_BATCH_SIZE", 8, "most requests batched together"),
     # how long a batch waits for more requests, which a lone request always waits. One worker: under
