@@ -195,6 +195,7 @@ class ServingEnvironment:
         else:
             workers = -(-cpus // MAX_DEFAULT_THREADS) if multi_model or gpu_count() else cpus
         threads = read["torch_threads"] or max(1, cpus // workers)
+        delay = read["max_batch_delay_ms"]
         return cls(
             model_dir=Path(environ.get(MODEL_DIR_ENV) or base / "model"),
             models_dir=base / "models",
@@ -203,7 +204,7 @@ class ServingEnvironment:
             workers=workers,
             torch_threads=threads,
             lone_threads=max(threads, min(cpus, MAX_DEFAULT_THREADS)),
-            max_batch_delay_ms=read["max_batch_delay_ms"] if read["max_batch_delay_ms"] is not None else int(workers == 1),
+            max_batch_delay_ms=int(workers == 1) if delay is None else delay,
             max_payload_bytes=payload,
             response_timeout_s=read["response_timeout_s"] or LEGACY_TIMEOUT.read(environ, limits.response_timeout_s),
             jvm_heap_bytes=jvm_heap_bytes(memory_bytes if memory_bytes is not None else memory_limit_bytes()),

@@ -8,8 +8,9 @@ JSON reason while the rest of the batch is answered.
 The network runs through the `Runner` that `IMGCLF_PRECISION` picks (precision.py): OpenVINO's int8
 or float32 copy stored in the artifact on CPUs, torch (channels-last, bfloat16 where it agrees)
 otherwise. A worker usually has one thread (a worker per CPU: environment.py); a request that
-arrives alone runs on a copy of the OpenVINO network compiled for more (`lone_threads`). Images become pixels with Pillow and numpy (images.EvalTransform, the same pixels as
-torchvision's evaluation transform), so a worker serving the OpenVINO copies never imports torch.
+arrives alone runs on a copy of the OpenVINO network compiled for more (`lone_threads`). Images
+become pixels with Pillow and numpy (images.EvalTransform, the same pixels as torchvision's
+evaluation transform), so a worker serving the OpenVINO copies never imports torch.
 """
 from __future__ import annotations
 
