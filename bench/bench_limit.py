@@ -36,7 +36,6 @@ import io
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -47,9 +46,8 @@ import psutil
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_serve import write_photos  # noqa: E402
-from conftest import free_port  # noqa: E402
+from serving_container import ServingContainer  # noqa: E402
 
 from imgclf.artifact import openvino_runtime as openvino  # noqa: E402
 from imgclf.artifact.card import ServingFormat, load_card, write_card  # noqa: E402
@@ -220,40 +218,6 @@ def cpu_by_role(root_pid: int) -> dict[str, float]:
     return seconds
 
 
-class Container:
-    def __init__(self, image: str, model_dir: Path, precision: str, environ: list[str]):
-        self.port = free_port()
-        settings = [arg for pair in [f"IMGCLF_PRECISION={precision}", *environ] for arg in ("-e", pair)]
-        self.id = subprocess.run(
-            ["docker", "run", "-d", "--rm", "-p", f"127.0.0.1:{self.port}:8080", "-v", f"{model_dir}:/opt/ml/model:ro",
-             *settings, image, "serve"],
-            check=True, capture_output=True, text=True).stdout.strip()
-        self.pid = int(subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", self.id], check=True,
-                                      capture_output=True, text=True).stdout)
-
-    def wait(self, photo: bytes, timeout: float = 300) -> None:
-        import requests
-
-        until = time.time() + timeout
-        while time.time() < until:
-            try:
-                if requests.get(f"http://127.0.0.1:{self.port}/ping", timeout=2).status_code == 200:
-                    requests.post(f"http://127.0.0.1:{self.port}/invocations", data=photo,
-                                  headers={"Content-Type": "image/jpeg"}, timeout=60).raise_for_status()
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        sys.exit(f"{self.id[:12]}: no /ping within {timeout} s:\n{self.logs()[-3000:]}")
-
-    def logs(self) -> str:
-        out = subprocess.run(["docker", "logs", self.id], capture_output=True, text=True)
-        return out.stdout + out.stderr
-
-    def stop(self) -> None:
-        subprocess.run(["docker", "rm", "-f", self.id], capture_output=True)
-
-
 def batches_since(logs: str, skip: int) -> list[tuple[int, ...]]:
     """The worker's batch lines after the first `skip`: (requests, images, ms[, decode, forward, answer])."""
     found = [tuple(float(g) for g in m.groups() if g is not None) for m in BATCH_LOG.finditer(logs)]
@@ -279,7 +243,7 @@ class Served:
     """One image's windows of load, summed: requests, seconds, latencies, CPU seconds by process
     kind, and the worker's batch lines."""
 
-    def __init__(self, box: Container, concurrency: int):
+    def __init__(self, box: ServingContainer, concurrency: int):
         self.box, self.concurrency = box, concurrency
         self.requests, self.seconds, self.latencies, self.cpu, self.batches = 0, 0.0, [], {}, []
 
@@ -319,11 +283,13 @@ def main(args) -> None:
     flags = sorted(set(re.findall(r"avx512_bf16|amx_tile|avx2", Path("/proc/cpuinfo").read_text())))
     print(f"{args.arch} {args.precision}, {len(photos)} JPEGs of {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}, {cores} cores, "
           f"CPU flags {' '.join(flags)}, {args.rounds} rounds of {args.seconds:g} s per measure")
-    boxes = {spec: Container(spec.split()[0], model_dir, args.precision, args.env + spec.split()[1:])
+    boxes = {spec: ServingContainer(spec.split()[0], model_dir, [f"IMGCLF_PRECISION={args.precision}", *args.env,
+                                                                 *spec.split()[1:]])
              for spec in args.image}
     try:
         for box in boxes.values():
-            box.wait(photos[0])
+            box.wait()
+            box.top1(photos[:1])
             load(box.port, photos, CONCURRENCY, args.seconds)  # warm-up, the JVM's compiler included
         forward = Forward(model_dir, args.precision, np.stack([reference_pixels(p, transform) for p in photos]))
         decodes = {"reference": [], "served": []}

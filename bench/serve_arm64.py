@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image
 
 from imgclf.artifact import export, quantize
@@ -38,6 +34,7 @@ from imgclf.names import CALIBRATION_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
 from serve_precision_agreement import foolbox_photos, imagenet_lite0  # noqa: E402  (the 20 ImageNet photos)
+from serving_container import ServingContainer  # noqa: E402
 
 START_TIMEOUT_S = 900
 
@@ -71,37 +68,9 @@ def imagenet_artifact(model_dir: Path, photos: list[Path], labels: list[int]) ->
 
 def serve(image: str, model_dir: Path, photos: list[Path], precision: str, *env: str) -> tuple[float, str, list[str]]:
     """(seconds to /ping, the logged precision decision, top-1 labels)."""
-    name = f"imgclf-bench-{uuid.uuid4().hex[:8]}"
-    flags = [f for var in (f"IMGCLF_PRECISION={precision}", *env) for f in ("-e", var)]
-    start = time.monotonic()
-    subprocess.run(["docker", "run", "-d", "--name", name, "-p", "127.0.0.1::8080", *flags,
-                    "-v", f"{model_dir}:/opt/ml/model", image, "serve"], check=True, capture_output=True)
-    try:
-        port = subprocess.run(["docker", "port", name, "8080/tcp"], capture_output=True, text=True,
-                              check=True).stdout.split(":")[-1].strip()
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if requests.get(f"{url}/ping", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() - start > START_TIMEOUT_S:
-                raise SystemExit(f"{image}: no /ping within {START_TIMEOUT_S} s")
-            time.sleep(0.5)
-        seconds = time.monotonic() - start
-        labels = []
-        for path in photos:
-            r = requests.post(f"{url}/invocations", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"},
-                              timeout=300)
-            r.raise_for_status()
-            labels.append(r.json()["predictions"][0][0]["label"])
-        logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True)
-        decision = next((line.strip() for line in (logs.stdout + logs.stderr).splitlines()
-                         if f"precision {precision}" in line), "(not logged)")
-        return seconds, decision, labels
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    with ServingContainer(image, model_dir, [f"IMGCLF_PRECISION={precision}", *env]) as box:
+        seconds = box.wait(START_TIMEOUT_S)
+        return seconds, box.log_line(f"precision {precision}"), box.top1([p.read_bytes() for p in photos])
 
 
 def main() -> None:

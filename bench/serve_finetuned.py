@@ -21,16 +21,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import requests
 import torch
 from PIL import Image
 
 from imgclf.artifact.network import load_artifact
 from imgclf.train.presets import ClassificationPresetEval
 from imgclf.artifact.images import load_rgb
+from serving_container import ServingContainer
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "local_test" / "test_dir"
@@ -54,31 +53,9 @@ def train_in_image(image: str, job: Path, hyperparameters: dict[str, str]) -> fl
 
 def served_top1(image: str, model_dir: Path) -> tuple[list[str], str]:
     """The served labels of PHOTOS, and the server's log line that names the precision it chose."""
-    name = f"imgclf-bench-{uuid.uuid4().hex[:8]}"
-    docker("run", "-d", "--name", name, "-p", "127.0.0.1::8080", "-e", "IMGCLF_PRECISION=auto",
-           "-v", f"{model_dir}:/opt/ml/model", image, "serve", check=True, capture_output=True)
-    try:
-        port = docker("port", name, "8080/tcp", capture_output=True, check=True).stdout.split(":")[-1].strip()
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(1)
-        labels = []
-        for path in PHOTOS:
-            r = requests.post(f"{url}/invocations", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"},
-                              timeout=120)
-            r.raise_for_status()
-            labels.append(r.json()["predictions"][0][0]["label"])
-        logs = docker("logs", name, capture_output=True)
-        chosen = next((line.strip() for line in (logs.stdout + logs.stderr).splitlines() if "precision auto" in line),
-                      "(not logged)")
-        return labels, chosen
-    finally:
-        docker("rm", "-f", name, capture_output=True)
+    with ServingContainer(image, model_dir, ["IMGCLF_PRECISION=auto"]) as box:
+        box.wait()
+        return box.top1([path.read_bytes() for path in PHOTOS]), box.log_line("precision auto")
 
 
 def own_top1(model_dir: Path) -> list[str]:
